@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Run DeepSeg's stages in order for one experiment, with plain bash or under Slurm.
+#
+#   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
+#   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
+#
+# NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
+# STAGE is any of: tiles predict merge vectorize (default: all four, in that order).
+# Outputs go to the experiment's output.path (default runs/NAME under the current folder).
+# With no Python environment active, the first run creates .venv beside this script and
+# installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
+# The #SBATCH lines below are defaults; override them on the sbatch command line.
+#SBATCH --job-name=deepseg
+#SBATCH --time=24:00:00
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=16G
+#SBATCH --output=deepseg-%x-%j.log
+set -euo pipefail
+
+die() { echo "DeepSeg.sh: error: $*" >&2; exit 2; }
+
+# Under sbatch this script runs from a copy in Slurm's spool folder: find the checkout.
+find_root() {
+    local here
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+    for dir in "${DEEPSEG_HOME:-}" "$here" "${SLURM_SUBMIT_DIR:-}" "$PWD"; do
+        if [[ -n "$dir" && -f "$dir/create_tiles.py" && -d "$dir/lib/deepseg" ]]; then
+            echo "$dir"; return 0
+        fi
+    done
+    return 1
+}
+
+ensure_python() {
+    # shellcheck source=lib/ensure_venv.sh
+    source "$ROOT/lib/ensure_venv.sh"
+    deepseg_ensure_venv "$ROOT" || die "installing DeepSeg into $ROOT/.venv failed (see above)"
+}
+
+main() {
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0; }
+    local name=$1; shift
+    ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
+    ensure_python
+    local stages=("$@")
+    [[ ${#stages[@]} -gt 0 ]] || stages=(tiles predict merge vectorize)
+    if [[ "$name" == "demo" ]]; then
+        python -m deepseg.demo --root "$ROOT"
+    fi
+    local stage script start
+    for stage in "${stages[@]}"; do
+        case "$stage" in
+            tiles|create_tiles) script=create_tiles.py ;;
+            predict|merge|vectorize) script=$stage.py ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize)" ;;
+        esac
+        echo "=== DeepSeg: $stage ($name) ===" >&2
+        start=$SECONDS
+        python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
+        echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
+    done
+}
+
+main "$@"

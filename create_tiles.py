@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Stage 1: build the tile grid over the input rasters and stage it, one HDF5 (KEA) store per chunk.
+
+Writes OUTPUT/tiles/{chunk}.kea. Example: python create_tiles.py -e demo
+"""
+
+from deepseg.cli import run_stage
+from deepseg.tiling import create_tiles
+
+if __name__ == "__main__":
+    run_stage(create_tiles, __doc__)

@@ -1,0 +1,100 @@
+"""The layout of a run's outputs under ``output.path``, and writing files atomically.
+
+    tiles/{chunk}.kea             tile stores (one per chunk, see ``stores``)
+    predictions/{chunk}.kea       probability stores (one per chunk)
+    merged/{region}_prob.tif      float32 probability COG, nodata -1
+    merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
+    vectors/rts_predictions.gpkg  polygons
+    logs/inference_log.json       what ran, with which model and settings, and how long
+    logs/experiment.yaml          the resolved experiment (every default filled in)
+
+Every file is written under a temporary name beside its final one (``.NAME.partial``) and
+renamed into place only when complete, so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Experiment
+
+PARTIAL_PREFIX = "."
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each stage of one experiment reads and writes."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, exp: Experiment) -> RunPaths:
+        return cls(Path(exp.output.path))
+
+    @property
+    def tiles(self) -> Path:
+        return self.root / "tiles"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def vectors(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def tile_store(self, chunk_id: str) -> Path:
+        return self.tiles / f"{chunk_id}.kea"
+
+    def prob_store(self, chunk_id: str) -> Path:
+        return self.predictions / f"{chunk_id}.kea"
+
+    def region_prob(self, region: str) -> Path:
+        return self.merged / f"{region}_prob.tif"
+
+    def region_binary(self, region: str) -> Path:
+        return self.merged / f"{region}_binary.tif"
+
+    @property
+    def polygons(self) -> Path:
+        return self.vectors / "rts_predictions.gpkg"
+
+    @property
+    def run_log(self) -> Path:
+        return self.logs / "inference_log.json"
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed to ``path``."""
+    return path.with_name(f"{PARTIAL_PREFIX}{path.name}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` on success, delete it on error.
+
+    The parent folder is created on first use. A leftover partial file from an earlier
+    crash is overwritten.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,147 @@
+"""Stage ``create_tiles``: choose the grid tiles over the input and stage them, one store per chunk.
+
+A tile is kept when it touches valid input data (and, with ``grid.tile_list``, when it is
+listed). Each chunk with at least one kept tile gets one tile store (see ``stores``) holding
+its pixels once, halo included, so no pixel is staged four times as with one file per tile.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import Experiment
+from .errors import DeepSegError
+from .grid import PixelBox, TileGrid
+from .outputs import RunPaths
+from .progress import progress
+from .runlog import record_stage, write_resolved_experiment
+from .sources import InputRaster, open_inputs, read_box
+from .stores import TileTable, write_tile_store
+
+log = logging.getLogger(__name__)
+
+
+def read_tile_list(path: Path, grid: TileGrid) -> set[tuple[int, int]]:
+    """(col, row) of the tiles listed in a CSV with header ``tile_id,minx,miny,maxx,maxy``."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DeepSegError(f"{path}: cannot read the tile list ({exc.strerror})") from exc
+    tiles = set()
+    for line, row in enumerate(rows, start=2):
+        try:
+            tiles.add(grid.parse_tile_id(row["tile_id"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DeepSegError(f"{path}:{line}: grid.tile_list: {exc}") from exc
+    return tiles
+
+
+def candidate_chunks(
+    inputs: list[InputRaster], grid: TileGrid, listed: set[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """Chunks holding a tile that overlaps an input's footprint (and is listed, if a list is)."""
+    chunks: set[tuple[int, int]] = set()
+    for raster in inputs:
+        if raster.box.col0 < 0 or raster.box.row0 < 0:
+            raise DeepSegError(
+                f"{raster.path}: lies left of or above grid.origin; move grid.origin to the "
+                "top-left of all inputs"
+            )
+        cols, rows = grid.chunks_touching(raster.box)
+        chunks.update((c, r) for r in rows for c in cols)
+    if listed is not None:
+        chunks &= {grid.chunk_of_tile(c, r) for c, r in listed}
+    return sorted(chunks, key=lambda cr: (cr[1], cr[0]))
+
+
+def chunk_tiles(
+    grid: TileGrid,
+    chunk: tuple[int, int],
+    box: PixelBox,
+    valid: np.ndarray,
+    listed: set[tuple[int, int]] | None,
+) -> TileTable:
+    """The chunk's tiles that touch valid data, with their offsets inside the store ``box``."""
+    rows: list[tuple] = []
+    for col, row in grid.chunk_tiles_in(*chunk):
+        if listed is not None and (col, row) not in listed:
+            continue
+        tile = grid.tile_box(col, row)
+        fraction = float(valid[tile.slices_in(box)].mean())
+        if fraction > 0:
+            rows.append(
+                (
+                    grid.tile_id(col, row).encode(),
+                    col,
+                    row,
+                    tile.row0 - box.row0,
+                    tile.col0 - box.col0,
+                    grid.bounds(tile),
+                    fraction,
+                )
+            )
+    if not rows:
+        return TileTable(
+            *(np.empty(0, dtype=d) for d in ("S15", "i8", "i8", "i8", "i8")),
+            bounds=np.empty((0, 4)),
+            valid_fraction=np.empty(0, dtype=np.float32),
+        )
+    ids, cols, rws, roff, coff, bounds, frac = zip(*rows, strict=True)
+    return TileTable(
+        tile_id=np.array(ids),
+        col=np.array(cols, dtype=np.int64),
+        row=np.array(rws, dtype=np.int64),
+        row_off=np.array(roff, dtype=np.int64),
+        col_off=np.array(coff, dtype=np.int64),
+        bounds=np.array(bounds, dtype=np.float64),
+        valid_fraction=np.array(frac, dtype=np.float32),
+    )
+
+
+def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
+    """Write one tile store per chunk that has tiles; skip chunks already staged unless ``force``.
+
+    Returns counts: chunks written, skipped (already done), empty, and tiles staged.
+    """
+    grid = TileGrid.from_experiment(exp)
+    paths = RunPaths.of(exp)
+    inputs = open_inputs(exp, grid)
+    listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
+    chunks = candidate_chunks(inputs, grid, listed)
+    if chunks:
+        write_resolved_experiment(exp, paths)
+    log.info(
+        "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px) -> %s",
+        len(inputs),
+        len(chunks),
+        grid.chunk_tiles,
+        grid.chunk_tiles,
+        grid.halo_px,
+        paths.tiles,
+    )
+    counts = {"chunks_written": 0, "chunks_skipped": 0, "chunks_empty": 0, "tiles": 0}
+    with record_stage(paths, "create_tiles", counts):
+        for chunk in progress(chunks, len(chunks), "create_tiles: chunks", log):
+            target = paths.tile_store(grid.chunk_id(*chunk))
+            if target.exists() and not force:
+                counts["chunks_skipped"] += 1
+                continue
+            box = grid.chunk_store_box(*chunk)
+            pixels, valid = read_box(inputs, exp, grid, box)
+            tiles = chunk_tiles(grid, chunk, box, valid, listed)
+            if len(tiles) == 0:
+                counts["chunks_empty"] += 1
+                target.unlink(missing_ok=True)  # a --force rerun may find an older store
+                continue
+            write_tile_store(
+                target, grid, exp.crs, chunk, box, pixels, valid, inputs[0].nodata, tiles
+            )
+            counts["chunks_written"] += 1
+            counts["tiles"] += len(tiles)
+    log.info("create_tiles: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts

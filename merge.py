@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Stage 3: merge the probability stores into per-region Cloud-Optimized GeoTIFFs.
+
+Writes OUTPUT/merged/{region}_prob.tif and {region}_binary.tif. Example: python merge.py -e demo
+"""
+
+from deepseg.cli import run_stage
+from deepseg.mosaic import merge
+
+if __name__ == "__main__":
+    run_stage(merge, __doc__)

@@ -1,0 +1,341 @@
+"""Loading experiments: defaults, ``extends`` merging, path resolution and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+
+from deepseg.config import (
+    REPO_ROOT,
+    ConfigError,
+    Experiment,
+    load_experiment,
+    resolve_experiment_path,
+)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test from tmp_path: outputs land there, files are shown relative to it."""
+    monkeypatch.chdir(tmp_path)
+
+
+def write_tif(path: Path) -> Path:
+    """A tiny real 1-band GeoTIFF on the EPSG:3413 3 m grid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:3413")
+    transform = Affine(3.0, 0, -4000100.0, 0, -3.0, 4100100.0)
+    with rasterio.open(path, "w", transform=transform, **profile) as dst:
+        dst.write(np.ones((1, 4, 4), dtype=np.uint8))
+    return path
+
+
+def write_model(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("best_model.pth", "normalization_stats.json", "config.yaml"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def write_yaml(path: Path, data: dict | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """tmp/base.yaml: a complete experiment whose paths are relative to tmp/."""
+    write_tif(tmp_path / "scenes" / "b.tif")
+    write_tif(tmp_path / "scenes" / "a.tif")
+    write_model(tmp_path / "model")
+    return write_yaml(
+        tmp_path / "base.yaml", {"input": {"rasters": ["scenes/*.tif"]}, "model": {"dir": "model"}}
+    )
+
+
+def child(tmp_path: Path, data: dict, name: str = "experiments/demo.yaml") -> Path:
+    """An experiment in tmp/experiments/ that extends tmp/base.yaml."""
+    return write_yaml(tmp_path / name, {"extends": "../base.yaml", **data})
+
+
+def error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_filled_in(tmp_path, base):
+    exp = load_experiment(base)
+    assert exp.name == "base"
+    assert exp.crs == "EPSG:3413"
+    assert exp.source == tmp_path / "base.yaml"
+    assert exp.output.path == tmp_path / "runs" / "base"
+    assert exp.input.rasters == (tmp_path / "scenes/a.tif", tmp_path / "scenes/b.tif")
+    assert (exp.input.bands, exp.input.nodata, exp.input.resampling) == (
+        (1, 2, 3),
+        None,
+        "bilinear",
+    )
+    g = exp.grid
+    assert (g.resolution, g.tile_size, g.stride, g.chunk_tiles) == (3.0, 512, 256, 16)
+    assert (g.origin, g.tile_list) == ((-4000100.0, 4100100.0), None)
+    assert exp.regions == {}
+    assert exp.model.dir == tmp_path / "model"
+    inf = exp.inference
+    assert (inf.scales, inf.tta, inf.batch_size, inf.precision, inf.device) == (
+        (1.0,),
+        "none",
+        16,
+        "fp32",
+        "auto",
+    )
+    assert (exp.merge.method, exp.merge.threshold) == ("max", None)
+    assert (exp.vectorize.min_area_m2, exp.vectorize.simplify_m) == (0.0, 0.0)
+    s = exp.cluster.slurm
+    assert exp.cluster.executor == "local"
+    assert (s.partition, s.account, s.time_min, s.mem_gb, s.cpus_per_task) == (
+        None,
+        None,
+        60,
+        None,
+        4,
+    )
+    assert (s.gpus_per_node, s.array_parallelism, s.max_array_size) == (0, None, 1000)
+    assert (s.extra_sbatch, s.setup) == ((), ())
+
+
+def test_root_experiment_yaml_documents_the_dataclass_defaults(tmp_path, base):
+    """experiment.yaml's values equal the built-in defaults, and bare it fails clearly."""
+    assert error(REPO_ROOT / "experiment.yaml").endswith(
+        "input.rasters: expected at least one raster file or glob, got []"
+    )
+    overrides = {"input": {"rasters": ["../scenes/*.tif"]}, "model": {"dir": "../model"}}
+    plain = write_yaml(tmp_path / "a" / "x.yaml", overrides)
+    rooted = write_yaml(
+        tmp_path / "b" / "x.yaml", {"extends": str(REPO_ROOT / "experiment.yaml"), **overrides}
+    )
+    assert load_experiment(rooted).to_dict() == load_experiment(plain).to_dict()
+
+
+def test_extends_chain_merges_dicts_and_replaces_lists(tmp_path, base):
+    write_yaml(
+        tmp_path / "mid.yaml",
+        {
+            "extends": "base.yaml",
+            "grid": {"tile_size": 256, "stride": 128},
+            "inference": {"scales": [1.0, 0.5], "tta": "minimal"},
+            "regions": {"peel": [0, 0, 10, 10]},
+            "cluster": {"slurm": {"partition": "gpu", "extra_sbatch": ["--qos=a", "--qos=b"]}},
+        },
+    )
+    leaf = write_yaml(
+        tmp_path / "experiments" / "leaf.yaml",
+        {
+            "extends": "../mid.yaml",
+            "grid": {"stride": 64},
+            "inference": {"scales": [0.5]},
+            "regions": {"banks": [-5, -5, 5, 5.5]},
+            "cluster": {"slurm": {"extra_sbatch": ["--qos=c"], "mem_gb": 32}},
+        },
+    )
+    exp = load_experiment(leaf)
+    assert exp.name == "leaf"
+    assert (exp.grid.tile_size, exp.grid.stride, exp.grid.chunk_tiles) == (256, 64, 16)
+    assert (exp.inference.scales, exp.inference.tta) == ((0.5,), "minimal")
+    assert exp.regions == {"peel": (0.0, 0.0, 10.0, 10.0), "banks": (-5.0, -5.0, 5.0, 5.5)}
+    slurm = exp.cluster.slurm
+    assert (slurm.partition, slurm.mem_gb, slurm.extra_sbatch) == ("gpu", 32, ("--qos=c",))
+
+
+def test_relative_paths_resolve_against_the_file_that_sets_them(tmp_path, base):
+    write_tif(tmp_path / "experiments" / "local.tif")
+    write_yaml(tmp_path / "experiments" / "tiles.csv", "tile_id,minx,miny,maxx,maxy\n")
+    leaf = child(
+        tmp_path,
+        {
+            "input": {"rasters": ["local.tif", "../scenes/[ab].tif", "../scenes/a.tif"]},
+            "grid": {"tile_list": "tiles.csv"},
+            "output": {"path": "out/{name}/v1"},
+        },
+    )
+    exp = load_experiment(leaf)
+    scenes = tmp_path / "scenes"
+    # in the order given, each glob sorted, duplicates dropped
+    assert exp.input.rasters == (
+        tmp_path / "experiments/local.tif",
+        scenes / "a.tif",
+        scenes / "b.tif",
+    )
+    assert exp.grid.tile_list == tmp_path / "experiments" / "tiles.csv"
+    assert exp.model.dir == tmp_path / "model"  # set by base.yaml, relative to it
+    assert exp.output.path == tmp_path / "out" / "demo" / "v1"  # relative to the current folder
+
+
+def test_name_is_substituted_into_output_path(tmp_path, base):
+    exp = load_experiment(child(tmp_path, {"name": "yukon-2025", "output": {"path": "/r/{name}"}}))
+    assert (exp.name, exp.output.path) == ("yukon-2025", Path("/r/yukon-2025"))
+
+
+def test_to_dict_is_plain_yaml_that_reloads_to_the_same_experiment(tmp_path, base):
+    exp = load_experiment(
+        child(tmp_path, {"regions": {"a": [0, 0, 1, 1]}, "vectorize": {"min_area_m2": 1e3}})
+    )
+    assert exp.vectorize.min_area_m2 == 1000.0
+    data = exp.to_dict()
+    assert data["input"]["rasters"] == [str(p) for p in exp.input.rasters]
+    assert data["regions"] == {"a": [0.0, 0.0, 1.0, 1.0]}
+    again = load_experiment(write_yaml(tmp_path / "dump" / "demo.yaml", yaml.safe_dump(data)))
+    assert again.to_dict() == data
+    assert isinstance(again, Experiment) and again.source == tmp_path / "dump" / "demo.yaml"
+
+
+def test_resolve_experiment_path(tmp_path):
+    mine = write_yaml(tmp_path / "experiments" / "mine.yaml", {})
+    assert resolve_experiment_path("mine") == mine
+    assert resolve_experiment_path("experiments/mine.yaml") == mine
+    assert resolve_experiment_path("demo") == REPO_ROOT / "experiments" / "demo.yaml"
+    with pytest.raises(ConfigError, match="not found; looked for .*nope.yaml"):
+        resolve_experiment_path("nope")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"inference": {"scales": [1.0, "half"]}},
+            "inference.scales[1]: expected a number in (0, 1], got 'half'",
+        ),
+        (
+            {"cluster": {"slurm": {"partiton": "gpu"}}},
+            "cluster.slurm.partiton: unknown key, expected one of partition, account,",
+        ),
+        ({"grid": {"tile_size": True}}, "grid.tile_size: expected an integer >= 1, got true"),
+        (
+            {"grid": {"origin": [1, 2, 3]}},
+            "grid.origin: expected a list of 2 numbers, got [1, 2, 3]",
+        ),
+        (
+            {"merge": {"threshold": 1.5}},
+            "merge.threshold: expected a number in [0, 1] or null, got 1.5",
+        ),
+        (
+            {"inference": {"tta": "full"}},
+            "inference.tta: expected one of none|minimal|standard, got 'full'",
+        ),
+        (
+            {"inference": {"scales": []}},
+            "inference.scales: expected a non-empty list of numbers in",
+        ),
+        ({"input": {"bands": [1, 0]}}, "input.bands[1]: expected an integer >= 1, got 0"),
+        (
+            {"input": {"rasters": ["nope.tif"]}},
+            "input.rasters[0]: expected an existing raster file, got '",
+        ),
+        (
+            {"input": {"rasters": ["*.jp2"]}},
+            "input.rasters[0]: expected a glob matching at least one file",
+        ),
+        (
+            {"crs": "EPSG:99999"},
+            "crs: expected a CRS pyproj reads (e.g. EPSG:3413), got 'EPSG:99999'",
+        ),
+        (
+            {"regions": {"bad name": [0, 0, 1, 1]}},
+            "regions.bad name: expected a region name matching",
+        ),
+        (
+            {"regions": {"flat": [0, 5, 1, 5]}},
+            "regions.flat: expected [minx, miny, maxx, maxy] with",
+        ),
+        (
+            {"grid": {"stride": 600}},
+            "grid.stride: expected grid.stride <= grid.tile_size, got 600 > 512",
+        ),
+        (
+            {"grid": {"tile_list": "tiles.csv"}},
+            "grid.tile_list: expected an existing CSV file, got ",
+        ),
+        (
+            {"output": {"path": "gs://bucket/x"}},
+            "output.path: gs:// output is not supported yet "
+            "(Google Cloud Storage support is a later feature)",
+        ),
+        (
+            {"input": {"rasters": ["gs://b/x.tif"]}},
+            "input.rasters[0]: gs:// input is not supported yet",
+        ),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, base, data, message):
+    assert error(child(tmp_path, data)).startswith(f"experiments/demo.yaml: {message}")
+
+
+def test_error_names_the_ancestor_that_set_the_key(tmp_path, base):
+    write_yaml(tmp_path / "mid.yaml", {"extends": "base.yaml", "grid": {"tile_size": 128}})
+    leaf = write_yaml(tmp_path / "experiments" / "leaf.yaml", {"extends": "../mid.yaml"})
+    # stride (default 256) is nowhere set: the file that set tile_size is at fault
+    assert (
+        error(leaf)
+        == "mid.yaml: grid.tile_size: expected grid.stride <= grid.tile_size, got 256 > 128"
+    )
+    write_yaml(tmp_path / "mid.yaml", {"extends": "base.yaml", "input": {"rasters": ["x/*.tif"]}})
+    assert error(leaf) == (
+        f"mid.yaml: input.rasters[0]: expected a glob matching at least one file, "
+        f"got '{tmp_path}/x/*.tif'"
+    )
+
+
+def test_missing_model_file_is_named(tmp_path, base):
+    (tmp_path / "model" / "best_model.pth").unlink()
+    assert error(base) == (
+        "base.yaml: model.dir: expected a model folder holding best_model.pth, "
+        f"missing {tmp_path}/model/best_model.pth"
+    )
+    assert error(child(tmp_path, {"model": {"dir": None}})).startswith(
+        "experiments/demo.yaml: model.dir: expected a model folder (best_model.pth,"
+    )
+
+
+def test_required_key_missing(tmp_path):
+    path = write_yaml(tmp_path / "x.yaml", {"model": {"dir": "."}})
+    assert error(path) == (
+        "x.yaml: input.rasters: expected at least one raster file or glob, "
+        "got nothing (the key is required)"
+    )
+
+
+def test_extends_cycle(tmp_path):
+    write_yaml(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write_yaml(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    assert (
+        error(tmp_path / "a.yaml")
+        == "b.yaml: extends: expected no cycle, got a.yaml -> b.yaml -> a.yaml"
+    )
+
+
+def test_extends_missing_parent(tmp_path):
+    path = write_yaml(tmp_path / "a.yaml", {"extends": "gone.yaml"})
+    assert error(path) == f"a.yaml: extends: expected an existing file, got {tmp_path}/gone.yaml"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grid:\n  tile_size: [1, 2\n", "x.yaml:3: expected valid YAML, got an error: "),
+        (
+            "grid: {}\ngrid: {}\n",
+            "x.yaml:2: expected valid YAML, got an error: duplicate key 'grid'",
+        ),
+        ("- a\n- b\n", "x.yaml: expected a mapping of keys, got list"),
+    ],
+)
+def test_broken_yaml(tmp_path, text, message):
+    assert error(write_yaml(tmp_path / "x.yaml", text)).startswith(message)
