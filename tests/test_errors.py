@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 from conftest import REPO, lattice_transform, write_experiment, write_raster
+from deepseg.stores import read_prob_attrs, read_prob_window
 
 
 def run_script(script: str, experiment: Path) -> subprocess.CompletedProcess:
@@ -78,3 +81,56 @@ def test_model_with_other_channel_count_is_refused(tmp_path, model_dir):
     line = assert_one_line_error(run_script("predict.py", exp), "normalization_stats.json")
     assert "2 band(s)" in line
     assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_killed_predict_leaves_only_complete_stores_and_resumes_identically(tmp_path, model_dir):
+    """SIGKILL in the middle of predict: stores under their final names are complete, and a
+    rerun finishes the run with merged rasters byte-identical to an uninterrupted run."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 256, size=(3, 480, 480), dtype=np.uint8)
+    raster = write_raster(tmp_path / "big.tif", data, lattice_transform(640, 640))
+    runs = {}
+    for name in ("clean", "killed"):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs[name] = write_experiment(folder, [raster], model_dir, grid={"chunk_tiles": 1})
+        assert run_script("create_tiles.py", runs[name]).returncode == 0
+    stores = tmp_path / "killed" / "out" / "predictions"
+    total = len(list((tmp_path / "killed" / "out" / "tiles").glob("*.kea")))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "predict.py"), "-e", str(runs["killed"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (stores.is_dir() and any(p.name[0] != "." for p in stores.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "predict ended too soon"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [p for p in stores.iterdir() if not p.name.startswith(".")]
+    assert 0 < len(finished) < total
+    for path in finished:  # complete: header, tables and every pixel readable
+        attrs = read_prob_attrs(path)
+        assert read_prob_window(path, attrs["box"]) is not None
+    for name in ("clean", "killed"):
+        for script in ("predict.py", "merge.py"):
+            assert run_script(script, runs[name]).returncode == 0
+    for product in ("all_prob.tif", "all_binary.tif"):
+        clean = (tmp_path / "clean" / "out" / "merged" / product).read_bytes()
+        assert (tmp_path / "killed" / "out" / "merged" / product).read_bytes() == clean
+    assert not [p for p in stores.iterdir() if p.name.startswith(".")]
+
+
+def test_tile_list_from_another_grid_is_refused(tmp_path, model_dir):
+    listed = tmp_path / "tiles.csv"
+    # bounds of tile (20, 20) on the production grid (512 px, stride 256), not the test grid's
+    listed.write_text(
+        "tile_id,minx,miny,maxx,maxy\nc000020_r000020,-3984740,4083204,-3983204,4084740\n"
+    )
+    exp = write_experiment(tmp_path, [scene(tmp_path)], model_dir, grid={"tile_list": str(listed)})
+    line = assert_one_line_error(
+        run_script("create_tiles.py", exp), f"{listed}:2", "c000020_r000020"
+    )
+    assert "another grid.origin, tile_size or stride" in line
+    assert not (tmp_path / "out" / "tiles").exists()

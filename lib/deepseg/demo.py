@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from rasterio.profiles import DefaultGTiffProfile
 from shapely import Polygon
 from shapely.affinity import affine_transform
 
+from .outputs import atomic_path
 from .progress import setup_logging
 
 log = logging.getLogger(__name__)
@@ -227,11 +227,6 @@ def render_scene(width: int, height: int, seed: int) -> tuple[np.ndarray, list[P
     return pixels, polygons
 
 
-def _partial(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed to ``path``."""
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
-
-
 def make_scene(
     path: Path, reference_path: Path, *, width: int = 2560, height: int = 2048, seed: int = 7
 ) -> None:
@@ -244,21 +239,17 @@ def make_scene(
         width=width, height=height, count=3, crs="EPSG:3413", transform=transform
     )
     profile.update(interleave="pixel", photometric="RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(_partial(path), "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(pixels)
         dst.descriptions = ("red", "green", "blue")
-    os.replace(_partial(path), path)
     to_map = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
     reference = gpd.GeoDataFrame(
         {"rts_id": np.arange(1, len(polygons) + 1, dtype=np.int64)},
         geometry=[affine_transform(p, to_map) for p in polygons],
         crs="EPSG:3413",
     )
-    reference_path.parent.mkdir(parents=True, exist_ok=True)
-    _partial(reference_path).unlink(missing_ok=True)
-    reference.to_file(_partial(reference_path), layer="reference", driver="GPKG")
-    os.replace(_partial(reference_path), reference_path)
+    with atomic_path(reference_path) as tmp:
+        reference.to_file(tmp, layer="reference", driver="GPKG")
 
 
 class DemoBareGround(torch.nn.Module):
@@ -307,8 +298,8 @@ def make_demo_model(model_dir: Path) -> None:
     weights = model_dir / "best_model.pth"
     buffer = io.BytesIO()  # saved from memory so the archive is not named after the temp file
     torch.jit.save(torch.jit.script(DemoBareGround(mean, std)), buffer)
-    _partial(weights).write_bytes(buffer.getvalue())
-    os.replace(_partial(weights), weights)
+    with atomic_path(weights) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     stats = {
         "mean": mean,
         "std": std,
@@ -332,8 +323,8 @@ def make_demo_model(model_dir: Path) -> None:
         "config.yaml": yaml.safe_dump(config, sort_keys=False),
     }
     for name, text in texts.items():
-        _partial(model_dir / name).write_text(text)
-        os.replace(_partial(model_dir / name), model_dir / name)
+        with atomic_path(model_dir / name) as tmp:
+            tmp.write_text(text)
 
 
 def ensure_demo(repo_root: Path, force: bool = False) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ class LoadedModel:
 
 
 def _load_torchscript(weights: Path, config: dict[str, Any]) -> torch.nn.Module:
-    return torch.jit.load(str(weights), map_location="cpu")
+    with warnings.catch_warnings():  # the user chose TorchScript; torch>=2.9 calls it deprecated
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated")
+        return torch.jit.load(str(weights), map_location="cpu")
 
 
 def _load_deepseg_unet(weights: Path, config: dict[str, Any]) -> torch.nn.Module:

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
-from .outputs import RunPaths, atomic_path, partial_path
+from .outputs import RunPaths, atomic_path, finished_files, partial_path
 from .progress import progress
 from .runlog import record_stage
 from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
@@ -46,7 +46,7 @@ class StoreIndex:
     @classmethod
     def scan(cls, folder: Path) -> StoreIndex:
         paths, boxes, thresholds, scales = {}, {}, set(), set()
-        for path in sorted(folder.glob("*.kea")) if folder.is_dir() else []:
+        for path in finished_files(folder, ".kea"):
             attrs = read_prob_attrs(path)
             paths[attrs["chunk"]] = path
             boxes[attrs["chunk"]] = attrs["valid_box"]

@@ -8,8 +8,9 @@
     logs/inference_log.json       what ran, with which model and settings, and how long
     logs/experiment.yaml          the resolved experiment (every default filled in)
 
-Every file is written under a temporary name beside its final one (``.NAME.partial``) and
-renamed into place only when complete, so a crash never leaves a half-written output.
+Every file is written under a temporary name beside its final one (``.STEM.partial.EXT``,
+hidden, extension kept so GDAL drivers still recognise it) and renamed into place only when
+complete, so a crash never leaves a half-written output; ``finished_files`` never lists them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from .config import Experiment
 
 PARTIAL_PREFIX = "."
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_MARK = ".partial"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ class RunPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    def tile_stores(self) -> list[Path]:
+        """The finished tile stores, sorted by chunk id."""
+        return finished_files(self.tiles, ".kea")
+
+    def prob_stores(self) -> list[Path]:
+        """The finished probability stores, sorted by chunk id."""
+        return finished_files(self.predictions, ".kea")
+
     def tile_store(self, chunk_id: str) -> Path:
         return self.tiles / f"{chunk_id}.kea"
 
@@ -79,7 +88,16 @@ class RunPaths:
 
 def partial_path(path: Path) -> Path:
     """The temporary name a file is written under before it is renamed to ``path``."""
-    return path.with_name(f"{PARTIAL_PREFIX}{path.name}{PARTIAL_SUFFIX}")
+    return path.with_name(f"{PARTIAL_PREFIX}{path.stem}{PARTIAL_MARK}{path.suffix}")
+
+
+def finished_files(folder: Path, suffix: str) -> list[Path]:
+    """Files in ``folder`` ending in ``suffix``, sorted, without partial (temporary) ones."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")
+    )
 
 
 @contextlib.contextmanager

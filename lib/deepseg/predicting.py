@@ -27,7 +27,7 @@ def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
         raise DeepSegError(f"merge.method: {exp.merge.method!r} is not implemented yet; use max")
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
-    stores = sorted(paths.tiles.glob("*.kea")) if paths.tiles.is_dir() else []
+    stores = paths.tile_stores()
     if not stores:
         raise DeepSegError(f"{paths.tiles}: no tile stores; run create_tiles.py first")
     model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)

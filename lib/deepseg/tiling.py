@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def read_tile_list(path: Path, grid: TileGrid) -> set[tuple[int, int]]:
-    """(col, row) of the tiles listed in a CSV with header ``tile_id,minx,miny,maxx,maxy``."""
+    """(col, row) of the tiles listed in a CSV with header ``tile_id,minx,miny,maxx,maxy``.
+
+    Bounds (``crs`` units) must match this grid's tile to 1e-6 pixel: a list made for another
+    ``grid.origin``, ``tile_size`` or ``stride`` is refused, not silently misread.
+    """
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -35,9 +39,20 @@ def read_tile_list(path: Path, grid: TileGrid) -> set[tuple[int, int]]:
     tiles = set()
     for line, row in enumerate(rows, start=2):
         try:
-            tiles.add(grid.parse_tile_id(row["tile_id"]))
+            col_row = grid.parse_tile_id(row["tile_id"])
+            listed = [float(row[k]) for k in ("minx", "miny", "maxx", "maxy")]
         except (KeyError, TypeError, ValueError) as exc:
-            raise DeepSegError(f"{path}:{line}: grid.tile_list: {exc}") from exc
+            raise DeepSegError(
+                f"{path}:{line}: grid.tile_list: expected tile_id,minx,miny,maxx,maxy ({exc})"
+            ) from exc
+        expected = grid.bounds(grid.tile_box(*col_row))
+        if max(abs(a - b) for a, b in zip(listed, expected, strict=True)) > 1e-6 * grid.resolution:
+            raise DeepSegError(
+                f"{path}:{line}: grid.tile_list: tile {row['tile_id']} has bounds {listed}, but "
+                f"this grid puts it at {list(expected)}; was the list made with another "
+                "grid.origin, tile_size or stride?"
+            )
+        tiles.add(col_row)
     return tiles
 
 
