@@ -124,6 +124,7 @@ def write_experiment(folder: Path, rasters: list[Path], model: Path, **sections:
     }
     for key, value in sections.items():
         exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path

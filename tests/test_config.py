@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +125,37 @@ def test_root_experiment_yaml_documents_the_dataclass_defaults(tmp_path, base):
         tmp_path / "b" / "x.yaml", {"extends": str(REPO_ROOT / "experiment.yaml"), **overrides}
     )
     assert load_experiment(rooted).to_dict() == load_experiment(plain).to_dict()
+
+
+def _schema_keys(cls: type, prefix: str = "") -> set[str]:
+    """Dotted keys of a config dataclass, nested sections included."""
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("yaml", True):
+            keys.add(prefix + f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                keys |= _schema_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
+
+
+def _yaml_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in data.items():
+        keys.add(prefix + k)
+        if isinstance(v, dict) and k != "regions":
+            keys |= _yaml_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def test_root_experiment_yaml_lists_every_key():
+    """Every key of the schema is written (and so documented) in experiment.yaml."""
+    written = _yaml_keys(yaml.safe_load((REPO_ROOT / "experiment.yaml").read_text()))
+    text = (REPO_ROOT / "experiment.yaml").read_text()
+    assert "# name:" in text  # name defaults to the file's stem, so it is shown commented out
+    missing = _schema_keys(Experiment) - written - {"name"}
+    assert not missing, f"experiment.yaml does not document {sorted(missing)}"
+    assert not written - _schema_keys(Experiment), "experiment.yaml has keys the schema lacks"
 
 
 def test_extends_chain_merges_dicts_and_replaces_lists(tmp_path, base):
@@ -339,3 +372,34 @@ def test_extends_missing_parent(tmp_path):
 )
 def test_broken_yaml(tmp_path, text, message):
     assert error(write_yaml(tmp_path / "x.yaml", text)).startswith(message)
+
+
+def test_profile_applies_just_before_the_file_that_names_it(tmp_path, base):
+    write_yaml(
+        tmp_path / "site.yaml",
+        {"cluster": {"executor": "slurm", "slurm": {"partition": "gpu", "time_min": 240}}},
+    )
+    exp = load_experiment(
+        child(tmp_path, {"cluster": {"profile": "../site.yaml", "slurm": {"time_min": 30}}})
+    )
+    assert exp.cluster.executor == "slurm"
+    assert (exp.cluster.slurm.partition, exp.cluster.slurm.time_min) == ("gpu", 30)
+    assert exp.cluster.slurm.cpus_per_task == 4  # the root default, untouched by either
+
+
+def test_bundled_profiles_load(tmp_path, base):
+    for name in ("generic-gpu", "gcp-gpu"):
+        exp = load_experiment(child(tmp_path, {"cluster": {"profile": name}}, f"x/{name}.yaml"))
+        assert exp.cluster.executor == "slurm" and exp.cluster.slurm.gpus_per_node == 1
+
+
+def test_profile_errors_name_the_file(tmp_path, base):
+    message = error(child(tmp_path, {"cluster": {"profile": "nosuchsite"}}))
+    assert message.startswith("experiments/demo.yaml: cluster.profile: expected a profile name")
+    assert "generic-gpu" in message and "nosuchsite" in message
+    write_yaml(tmp_path / "bad.yaml", {"cluster": {"executor": "slurm"}, "grid": {}})
+    message = error(child(tmp_path, {"cluster": {"profile": "../bad.yaml"}}))
+    assert message.startswith("bad.yaml: expected only a 'cluster:' mapping")
+    write_yaml(tmp_path / "typo.yaml", {"cluster": {"slurm": {"partitoin": "gpu"}}})
+    message = error(child(tmp_path, {"cluster": {"profile": "../typo.yaml"}}))
+    assert message.startswith("typo.yaml: cluster.slurm.partitoin: unknown key")

@@ -136,25 +136,29 @@ class VectorizeConfig:
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """Slurm job settings (None: the cluster's default)."""
+    """Slurm job-array settings (None: the cluster's default); times in minutes."""
 
     partition: str | None = None
     account: str | None = None
     time_min: Count = 60
     mem_gb: Count | None = None
     cpus_per_task: Count = 4
-    gpus_per_node: NonNegativeInt = 0
+    gpus_per_node: NonNegativeInt = 0  # requested by the predict stage only
     array_parallelism: Count | None = None
     max_array_size: Count = 1000
+    units_per_task: Count | None = None  # None: as few per task as fit one array
+    retries: NonNegativeInt = 1  # resubmissions of unfinished units before a stage fails
+    poll_s: Positive = 30.0  # seconds between the driver's looks at the tasks
     extra_sbatch: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where stages run: here (``local``) or as Slurm jobs."""
+    """Where stages run: here (``local``) or as Slurm jobs; ``profile`` as loaded."""
 
     executor: Literal["local", "slurm"] = "local"
+    profile: str | None = None  # a site profile: slurm/NAME.yaml or a path
     slurm: SlurmConfig = SlurmConfig()
 
 
@@ -180,6 +184,11 @@ class Experiment:
         data = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # Path -> str
         del data["source"]
         return data
+
+
+def resolve_threshold(exp: Experiment, model_threshold: float) -> float:
+    """The probability threshold of a run: ``merge.threshold`` when set, else the model's."""
+    return exp.merge.threshold if exp.merge.threshold is not None else model_threshold
 
 
 # ---- the generic validator ------------------------------------------------------------------
@@ -401,12 +410,48 @@ def resolve_experiment_path(name_or_path: str, cwd: Path | None = None) -> Path:
     )
 
 
+def _profile_path(profile: Any, named_in: Path) -> Path:
+    """``slurm/NAME.yaml`` of the checkout for a bare name, else a path relative to the file."""
+    text = str(profile)
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        return REPO_ROOT / "slurm" / f"{text}.yaml"
+    return _abs(named_in.parent / Path(text).expanduser())
+
+
+def _read_profile(profile: Any, named_in: Path) -> dict:
+    """A site profile: a YAML file holding only a ``cluster:`` mapping (no nested profile)."""
+    path = _profile_path(profile, named_in)
+    if not isinstance(profile, str) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (REPO_ROOT / "slurm").glob("*.yaml")))
+        raise ConfigError(
+            f"{_label(named_in)}: cluster.profile: expected a profile name ({known}) or a "
+            f"YAML path, got {_show(profile)} (looked for {path})"
+        )
+    data = _read_yaml(path)
+    cluster = data.get("cluster")
+    if set(data) != {"cluster"} or not isinstance(cluster, dict) or "profile" in cluster:
+        raise ConfigError(
+            f"{_label(path)}: expected only a 'cluster:' mapping (without 'profile'), "
+            f"got keys {', '.join(map(str, data)) or 'none'}"
+        )
+    return data
+
+
 def load_experiment(name_or_path: str | Path) -> Experiment:
     """Load, merge (``extends``) and check an experiment; ConfigError on the first problem."""
     source = resolve_experiment_path(str(name_or_path))
     raw: dict = {}
     origins: dict[Key, Path] = {}
     for file, data in _read_chain(source):
+        cluster = data.get("cluster")
+        if isinstance(cluster, dict) and cluster.get("profile") is not None:
+            # a profile applies as if written just before the file that names it
+            _merge(
+                raw,
+                _read_profile(cluster["profile"], file),
+                origins,
+                _profile_path(cluster["profile"], file),
+            )
         _merge(raw, data, origins, file)
     raw.setdefault("name", source.stem)
 

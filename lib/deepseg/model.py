@@ -110,8 +110,21 @@ def _read_stats(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray, str]:
     return mean, std, hashlib.md5(raw).hexdigest()
 
 
-def load_model(model_dir: Path, bands: int, device: str = "auto") -> LoadedModel:
-    """Load the model folder for input with ``bands`` channels onto ``device``."""
+@dataclass(frozen=True)
+class ModelCard:
+    """A model folder's description, checked, without loading the weights."""
+
+    folder: Path
+    framework: str
+    threshold: float  # calibrated probability threshold from config.yaml
+    mean: np.ndarray  # float32 (C,), input pixel units
+    std: np.ndarray  # float32 (C,)
+    stats_md5: str  # MD5 of normalization_stats.json, for the run log
+    config: dict[str, Any]
+
+
+def read_model_card(model_dir: Path, bands: int) -> ModelCard:
+    """Check ``config.yaml`` and the statistics of a model for ``bands`` input channels."""
     config = _read_yaml(model_dir / CONFIG)
     framework = config.get("framework")
     if framework not in FRAMEWORKS:
@@ -123,30 +136,36 @@ def load_model(model_dir: Path, bands: int, device: str = "auto") -> LoadedModel
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise DeepSegError(f"{model_dir / CONFIG}: threshold: expected a number in [0, 1]")
     mean, std, md5 = _read_stats(model_dir / STATS, bands)
+    return ModelCard(model_dir, framework, float(threshold), mean, std, md5, config)
+
+
+def load_model(model_dir: Path, bands: int, device: str = "auto") -> LoadedModel:
+    """Load the model folder for input with ``bands`` channels onto ``device``."""
+    card = read_model_card(model_dir, bands)
     try:
-        network = FRAMEWORKS[framework](model_dir / WEIGHTS, config)
+        network = FRAMEWORKS[card.framework](model_dir / WEIGHTS, card.config)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         raise DeepSegError(
-            f"{model_dir / WEIGHTS}: cannot load {framework} weights ({exc})"
+            f"{model_dir / WEIGHTS}: cannot load {card.framework} weights ({exc})"
         ) from exc
     target = choose_device(device)
     network = network.to(target).eval()
     log.info(
         "model %s (%s) on %s, threshold %.3f, stats MD5 %s",
         model_dir,
-        framework,
+        card.framework,
         target,
-        threshold,
-        md5,
+        card.threshold,
+        card.stats_md5,
     )
     return LoadedModel(
         network,
-        framework,
-        float(threshold),
-        mean,
-        std,
-        int(config.get("positive_class", 1)),
-        config,
-        md5,
+        card.framework,
+        card.threshold,
+        card.mean,
+        card.std,
+        int(card.config.get("positive_class", 1)),
+        card.config,
+        card.stats_md5,
         target,
     )

@@ -21,12 +21,12 @@ from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
-from .config import Experiment
+from .config import Experiment, resolve_threshold
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
 from .outputs import RunPaths, atomic_path, finished_files, partial_path
 from .progress import progress
-from .runlog import record_stage
+from .runner import Stage, UnitResult, run
 from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
 
 log = logging.getLogger(__name__)
@@ -166,27 +166,49 @@ def merge_region(
         bin_tmp.unlink(missing_ok=True)
 
 
-def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Merge every region; a region whose two COGs exist is skipped unless ``force``."""
-    grid = TileGrid.from_experiment(exp)
-    paths = RunPaths.of(exp)
-    index = StoreIndex.scan(paths.predictions)
-    threshold = exp.merge.threshold if exp.merge.threshold is not None else index.threshold
-    counts = {"regions_written": 0, "regions_skipped": 0}
-    with record_stage(paths, "merge", counts):
-        for name, box in regions(exp, grid, index).items():
-            done = paths.region_prob(name).exists() and paths.region_binary(name).exists()
-            if done and not force:
-                counts["regions_skipped"] += 1
-                continue
-            log.info(
-                "merge %s: %d x %d px at %g m, threshold %.3f",
-                name,
-                box.width,
-                box.height,
-                grid.resolution,
-                threshold,
-            )
-            merge_region(exp, grid, index, name, box, paths, threshold)
-            counts["regions_written"] += 1
-    return counts
+def merge_units(exp: Experiment) -> list[str]:
+    """Region names: those of ``regions:``, else the one region covering every prediction."""
+    if exp.regions:
+        return sorted(exp.regions)
+    StoreIndex.scan(RunPaths.of(exp).predictions)  # fails clearly when there is nothing yet
+    return [DEFAULT_REGION]
+
+
+class MergeWorker:
+    """Merges regions of one experiment: the stores are indexed once per process."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        self.index = StoreIndex.scan(self.paths.predictions)
+        self.boxes = regions(exp, self.grid, self.index)
+        self.threshold = resolve_threshold(exp, self.index.threshold)
+
+    def run(self, unit: str) -> UnitResult:
+        """Write ``{unit}_prob.tif`` and ``{unit}_binary.tif``."""
+        box = self.boxes[unit]
+        log.info(
+            "merge %s: %d x %d px at %g m, threshold %.3f",
+            unit,
+            box.width,
+            box.height,
+            self.grid.resolution,
+            self.threshold,
+        )
+        merge_region(self.exp, self.grid, self.index, unit, box, self.paths, self.threshold)
+        outputs = [self.paths.region_prob(unit), self.paths.region_binary(unit)]
+        return UnitResult(outputs, {"regions_written": 1})
+
+
+STAGE = Stage(
+    name="merge",
+    units=merge_units,
+    expected=lambda paths, unit: [paths.region_prob(unit), paths.region_binary(unit)],
+    worker=MergeWorker,
+)
+
+
+def merge(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Merge every region (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

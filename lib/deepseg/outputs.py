@@ -4,7 +4,7 @@
     predictions/{chunk}.kea       probability stores (one per chunk)
     merged/{region}_prob.tif      float32 probability COG, nodata -1
     merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
-    vectors/rts_predictions.gpkg  polygons
+    vectors/rts_predictions.gpkg  polygons (gathered from vectors/parts/{region}.gpkg)
     logs/inference_log.json       what ran, with which model and settings, and how long
     logs/experiment.yaml          the resolved experiment (every default filled in)
 
@@ -80,6 +80,10 @@ class RunPaths:
     @property
     def polygons(self) -> Path:
         return self.vectors / "rts_predictions.gpkg"
+
+    def polygon_part(self, region: str) -> Path:
+        """One region's polygons, gathered into ``polygons`` by the vectorize stage."""
+        return self.vectors / "parts" / f"{region}.gpkg"
 
     @property
     def run_log(self) -> Path:

@@ -13,6 +13,7 @@ polygon's pixels), ``detection_scale`` (the scales that reached the threshold on
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -27,9 +28,9 @@ from shapely.geometry import shape
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
-from .mosaic import BINARY_NODATA, StoreIndex, assemble, regions
+from .mosaic import BINARY_NODATA, StoreIndex, assemble, merge_units, regions
 from .outputs import RunPaths, atomic_path
-from .runlog import record_stage
+from .runner import Stage, UnitResult, run
 
 log = logging.getLogger(__name__)
 LAYER = "rts_predictions"
@@ -126,7 +127,7 @@ def region_polygons(
     return gpd.GeoDataFrame(pd.DataFrame(table).astype(COLUMNS), geometry=geoms, crs=exp.crs)
 
 
-def _finish(frame: gpd.GeoDataFrame, exp: Experiment) -> gpd.GeoDataFrame:
+def _filter_and_simplify(frame: gpd.GeoDataFrame, exp: Experiment) -> gpd.GeoDataFrame:
     """Drop specks under ``min_area_m2``, then simplify (after measuring), sorted by id."""
     frame = frame[frame["area_m2"] >= exp.vectorize.min_area_m2]
     if exp.vectorize.simplify_m > 0:
@@ -136,25 +137,57 @@ def _finish(frame: gpd.GeoDataFrame, exp: Experiment) -> gpd.GeoDataFrame:
     return frame.sort_values(["region", "rts_id"]).reset_index(drop=True)
 
 
-def vectorize(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Write ``vectors/rts_predictions.gpkg`` (layer ``rts_predictions``) for every region."""
-    grid = TileGrid.from_experiment(exp)
+def vectorize_units(exp: Experiment) -> list[str]:
+    """Region names, as merge has them."""
+    return merge_units(exp)
+
+
+class VectorizeWorker:
+    """Measures the polygons of regions of one experiment; writes one part file per region."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        self.index = StoreIndex.scan(self.paths.predictions)
+        self.boxes = regions(exp, self.grid, self.index)
+
+    def run(self, unit: str) -> UnitResult:
+        if not self.paths.region_binary(unit).exists():
+            raise DeepSegError(f"{self.paths.region_binary(unit)}: missing; run merge.py first")
+        frame = region_polygons(self.exp, self.grid, self.index, unit, self.boxes[unit], self.paths)
+        target = self.paths.polygon_part(unit)
+        _write_gpkg(_filter_and_simplify(frame, self.exp), target)
+        return UnitResult([target], {"polygons": len(frame)})
+
+
+def _write_gpkg(frame: gpd.GeoDataFrame, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        frame.to_file(tmp, layer=LAYER, driver="GPKG", geometry_type="Polygon")
+
+
+def gather(exp: Experiment, redo: bool) -> dict[str, int]:
+    """Gather the regions' parts into ``vectors/rts_predictions.gpkg`` (sorted by region, id)."""
     paths = RunPaths.of(exp)
-    if paths.polygons.exists() and not force:
-        log.info("vectorize: %s exists; skipped (use --force to redo)", paths.polygons)
-        return {"polygons": -1}
-    index = StoreIndex.scan(paths.predictions)
-    counts = {"polygons": 0}
-    with record_stage(paths, "vectorize", counts):
-        frames = []
-        for name, box in regions(exp, grid, index).items():
-            if not paths.region_binary(name).exists():
-                raise DeepSegError(f"{paths.region_binary(name)}: missing; run merge.py first")
-            frames.append(region_polygons(exp, grid, index, name, box, paths))
-        frame = _finish(pd.concat(frames, ignore_index=True), exp)
-        frame = gpd.GeoDataFrame(frame, geometry="geometry", crs=exp.crs)
-        with atomic_path(paths.polygons) as tmp:
-            frame.to_file(tmp, layer=LAYER, driver="GPKG", geometry_type="Polygon")
-        counts["polygons"] = len(frame)
+    if paths.polygons.exists() and not redo:
+        return {}
+    parts = [gpd.read_file(paths.polygon_part(u), layer=LAYER) for u in vectorize_units(exp)]
+    frame = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=exp.crs)
+    frame = frame.sort_values(["region", "rts_id"]).reset_index(drop=True)
+    _write_gpkg(frame, paths.polygons)
     log.info("vectorize: %d polygon(s) -> %s", len(frame), paths.polygons)
-    return counts
+    return {"polygons_total": len(frame)}
+
+
+STAGE = Stage(
+    name="vectorize",
+    units=vectorize_units,
+    expected=lambda paths, unit: [paths.polygon_part(unit)],
+    worker=VectorizeWorker,
+    finish=gather,
+)
+
+
+def vectorize(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Vectorize every region and gather the polygons (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

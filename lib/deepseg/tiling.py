@@ -17,8 +17,8 @@ from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
 from .outputs import RunPaths
-from .progress import progress
-from .runlog import record_stage, write_resolved_experiment
+from .runlog import write_resolved_experiment
+from .runner import Stage, UnitResult, run
 from .sources import InputRaster, open_inputs, read_box
 from .stores import TileTable, write_tile_store
 
@@ -118,45 +118,61 @@ def chunk_tiles(
     )
 
 
-def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Write one tile store per chunk that has tiles; skip chunks already staged unless ``force``.
-
-    Returns counts: chunks written, skipped (already done), empty, and tiles staged.
-    """
+def tiling_units(exp: Experiment) -> list[str]:
+    """Ids of the chunks that may hold tiles (a tile over an input, listed if a list is set)."""
     grid = TileGrid.from_experiment(exp)
-    paths = RunPaths.of(exp)
     inputs = open_inputs(exp, grid)
     listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
     chunks = candidate_chunks(inputs, grid, listed)
-    if chunks:
-        write_resolved_experiment(exp, paths)
     log.info(
-        "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px) -> %s",
+        "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px)",
         len(inputs),
         len(chunks),
         grid.chunk_tiles,
         grid.chunk_tiles,
         grid.halo_px,
-        paths.tiles,
     )
-    counts = {"chunks_written": 0, "chunks_skipped": 0, "chunks_empty": 0, "tiles": 0}
-    with record_stage(paths, "create_tiles", counts):
-        for chunk in progress(chunks, len(chunks), "create_tiles: chunks", log):
-            target = paths.tile_store(grid.chunk_id(*chunk))
-            if target.exists() and not force:
-                counts["chunks_skipped"] += 1
-                continue
-            box = grid.chunk_store_box(*chunk)
-            pixels, valid = read_box(inputs, exp, grid, box)
-            tiles = chunk_tiles(grid, chunk, box, valid, listed)
-            if len(tiles) == 0:
-                counts["chunks_empty"] += 1
-                target.unlink(missing_ok=True)  # a --force rerun may find an older store
-                continue
-            write_tile_store(
-                target, grid, exp.crs, chunk, box, pixels, valid, inputs[0].nodata, tiles
-            )
-            counts["chunks_written"] += 1
-            counts["tiles"] += len(tiles)
-    log.info("create_tiles: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return counts
+    return sorted(grid.chunk_id(*chunk) for chunk in chunks)
+
+
+class TilingWorker:
+    """Stages chunks of one experiment: the inputs are opened once per process."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        self.inputs = open_inputs(exp, self.grid)
+        self.listed = read_tile_list(exp.grid.tile_list, self.grid) if exp.grid.tile_list else None
+
+    def run(self, unit: str) -> UnitResult:
+        """Write the chunk's tile store, or none (removing an older one) when it has no tiles."""
+        chunk = TileGrid.parse_chunk_id(unit)
+        target = self.paths.tile_store(unit)
+        box = self.grid.chunk_store_box(*chunk)
+        pixels, valid = read_box(self.inputs, self.exp, self.grid, box)
+        tiles = chunk_tiles(self.grid, chunk, box, valid, self.listed)
+        if len(tiles) == 0:
+            target.unlink(missing_ok=True)  # a --force rerun may find an older store
+            return UnitResult([], {"tiles": 0, "chunks_empty": 1})
+        nodata = self.inputs[0].nodata
+        write_tile_store(target, self.grid, self.exp.crs, chunk, box, pixels, valid, nodata, tiles)
+        return UnitResult([target], {"tiles": len(tiles), "chunks_written": 1})
+
+
+def _prepare(exp: Experiment) -> None:
+    write_resolved_experiment(exp, RunPaths.of(exp))
+
+
+STAGE = Stage(
+    name="create_tiles",
+    units=tiling_units,
+    expected=lambda paths, unit: [paths.tile_store(unit)],
+    worker=TilingWorker,
+    prepare=_prepare,
+)
+
+
+def create_tiles(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Stage every chunk that has tiles (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)
