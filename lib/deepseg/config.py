@@ -124,6 +124,7 @@ class MergeConfig:
 
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | None = None
+    products: tuple[Literal["uncertainty", "scales"], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Every worker process appends records to its OWN journal,
 concurrent Slurm array tasks never write the same file and a crash loses at most the line being
 written. A record is ``{"unit", "status", "time", "run", "worker", "host", "slurm_job",
 ...}`` with status ``running`` (a unit started), ``done`` (its outputs were renamed into place;
-``outputs`` lists them, relative to ``output.path``) or ``failed`` (``error`` holds the text).
+``outputs`` lists them, relative to ``output.path``; ``counts`` are summed in the run log;
+``info`` holds facts later stages read, e.g. a probability store's valid box) or ``failed``
+(``error`` holds the text).
 
 ``fold`` reads every journal and keeps one state per unit: its last record, the number of
 attempts (``running`` records) and the first start. ``write_manifest`` stores that view as
@@ -96,6 +98,7 @@ class UnitState:
     slurm_array_task: str | None = None
     outputs: list[str] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -126,6 +129,7 @@ def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
             state.error = rec.get("error")
             state.outputs = rec.get("outputs", [])
             state.counts = rec.get("counts", {})
+            state.info = rec.get("info", {})
     return states
 
 

@@ -4,7 +4,9 @@
     predictions/{chunk}.kea       probability stores (one per chunk)
     merged/{region}_prob.tif      float32 probability COG, nodata -1
     merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
-    vectors/rts_predictions.gpkg  polygons (gathered from vectors/parts/{region}.gpkg)
+    merged/{region}_{product}.tif optional products (merge.products)
+    vectors/rts_predictions.gpkg  polygons (layer rts_predictions) and layer footprints
+    vectors/pieces/{chunk}.fgb    per chunk: polygon pieces and footprint (FlatGeobuf)
     logs/inference_log.json       what ran, with which model and settings, and how long
     logs/experiment.yaml          the resolved experiment (every default filled in)
 
@@ -71,19 +73,24 @@ class RunPaths:
     def prob_store(self, chunk_id: str) -> Path:
         return self.predictions / f"{chunk_id}.kea"
 
+    def region_layer(self, region: str, layer: str) -> Path:
+        """A merged raster of a region: layer prob, binary, uncertainty or scales."""
+        return self.merged / f"{region}_{layer}.tif"
+
     def region_prob(self, region: str) -> Path:
-        return self.merged / f"{region}_prob.tif"
+        return self.region_layer(region, "prob")
 
     def region_binary(self, region: str) -> Path:
-        return self.merged / f"{region}_binary.tif"
+        return self.region_layer(region, "binary")
 
     @property
     def polygons(self) -> Path:
         return self.vectors / "rts_predictions.gpkg"
 
-    def polygon_part(self, region: str) -> Path:
-        """One region's polygons, gathered into ``polygons`` by the vectorize stage."""
-        return self.vectors / "parts" / f"{region}.gpkg"
+    @property
+    def pieces(self) -> Path:
+        """Per chunk, its polygon pieces and footprint, gathered into ``polygons``."""
+        return self.vectors / "pieces"
 
     @property
     def run_log(self) -> Path:

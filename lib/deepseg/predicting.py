@@ -21,7 +21,7 @@ from .model import WEIGHTS, load_model, read_model_card
 from .outputs import RunPaths
 from .runlog import update_run_log
 from .runner import Stage, UnitResult, run
-from .stores import TileStore, read_tile_store, write_prob_store
+from .stores import TileStore, read_prob_attrs, read_tile_store, write_prob_store
 from .tiling import read_tile_list, tiling_units
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,15 @@ class PredictWorker:
             self.exp.inference.scales,
         )
         counts = {"tiles": len(store.tiles), "tiles_with_detection": detected}
-        return UnitResult([target], counts)
+        attrs = read_prob_attrs(target)  # read back: what merge and vectorize index stores by
+        info = {k: attrs[k] for k in ("valid_box", "threshold", "scales")}
+        return UnitResult([target], counts, info)
 
 
 STAGE = Stage(
     name="predict",
     units=predict_units,
-    expected=lambda paths, unit: [paths.prob_store(unit)],
+    expected=lambda exp, unit: [RunPaths.of(exp).prob_store(unit)],
     worker=PredictWorker,
     check=_check,
     prepare=_prepare,

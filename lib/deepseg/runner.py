@@ -3,10 +3,11 @@
 A stage (``tiling.STAGE``, ``predicting.STAGE``, ...) lists its units (chunk ids or region
 names, sorted) and makes a per-process worker (inputs opened, model loaded) whose ``run(unit)``
 writes that unit's outputs atomically. A unit is *done* when the manifest holds a ``done``
-record whose outputs all exist, or, with no record, when its expected output file exists (a
-file is renamed into place only once complete, so a kill between the rename and the record
-loses nothing). With ``--force`` only ``done`` records of this invocation (``run_id``) count,
-so a requeued task does not redo what it already redid.
+record whose outputs all exist (and, if it wrote any, so do those the current settings
+expect, e.g. a product newly added to ``merge.products``), or, with no record, when its
+expected outputs exist (a file is renamed into place only once complete, so a kill between
+the rename and the record loses nothing). With ``--force`` only ``done`` records of this
+invocation (``run_id``) count, so a requeued task does not redo what it already redid.
 
 The driver (``run``) selects the units (``--shard I/N`` takes every N-th, deterministically),
 hands the pending ones to the executor chosen by ``cluster.executor`` (``EXECUTORS``), then
@@ -37,10 +38,12 @@ SYSTEMATIC_FAILURES = 3  # a worker stops after this many failures with no succe
 
 @dataclass
 class UnitResult:
-    """What one unit wrote (absolute paths, renamed into place) and its counts."""
+    """What one unit wrote (absolute paths, renamed into place), its counts (summed over the
+    stage in the run log) and facts later stages may read from the manifest (``info``)."""
 
     outputs: list[Path] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker(Protocol):
@@ -53,7 +56,7 @@ class Stage:
 
     name: str  # as in the run log and the manifest, e.g. "predict"
     units: Callable[[Experiment], list[str]]  # every unit of the run, sorted
-    expected: Callable[[RunPaths, str], list[Path]]  # the output a finished unit usually has
+    expected: Callable[[Experiment, str], list[Path]]  # what a unit with work to do writes
     worker: Callable[[Experiment], Worker]  # per-process set-up: open inputs, load the model
     check: Callable[[Experiment], None] | None = None  # first, writes nothing: refuse early
     prepare: Callable[[Experiment], None] | None = None  # driver-side, once units are known
@@ -73,7 +76,8 @@ def is_done(
 ) -> bool:
     """See the module docstring."""
     if state is not None and state.status == "done" and (not force or state.run == run_id):
-        return all((paths.root / out).exists() for out in state.outputs)
+        recorded = all((paths.root / out).exists() for out in state.outputs)
+        return recorded and (not state.outputs or all(p.exists() for p in expected))
     return not force and bool(expected) and all(p.exists() for p in expected)
 
 
@@ -84,9 +88,7 @@ def pending_units(
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
     return [
-        u
-        for u in units
-        if not is_done(states.get(u), stage.expected(paths, u), paths, run_id, force)
+        u for u in units if not is_done(states.get(u), stage.expected(exp, u), paths, run_id, force)
     ]
 
 
@@ -121,7 +123,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
             continue
         succeeded += 1
         outputs = [str(p.relative_to(paths.root)) for p in result.outputs]
-        journal.record(unit, "done", outputs=outputs, counts=result.counts)
+        journal.record(unit, "done", outputs=outputs, counts=result.counts, info=result.info)
     return failed
 
 
@@ -179,6 +181,7 @@ def run(
         stage.prepare(exp)
     run_id = new_run_id()
     todo = pending_units(stage, exp, units, run_id, force)
+    _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id)
     log.info(
         "%s: %d unit(s), %d done already, %d to do (%s executor)",
         stage.name,
@@ -194,9 +197,29 @@ def run(
         summary = summarize(stage, exp, units)
         entry.update(done=summary["done"], failed=len(summary["failed"]), **summary["counts"])
         _report(stage, summary)
-        if stage.finish is not None:
+        if stage.finish is not None and (shard is None or not _unfinished(stage, exp, run_id)):
             entry.update(stage.finish(exp, bool(todo) or force))
     return summary
+
+
+def _record_recovered(stage: Stage, exp: Experiment, done: Sequence[str], run_id: str) -> None:
+    """Record as done the units whose outputs are complete on disk without a done record
+    (a worker killed between the rename and the record), so the manifest tells the truth."""
+    paths = RunPaths.of(exp)
+    states = fold(paths, stage.name)
+    missing = [u for u in done if u not in states or states[u].status != "done"]
+    if not missing:
+        return
+    journal = Journal(paths, stage.name, run_id)
+    for unit in missing:
+        outputs = [str(p.relative_to(paths.root)) for p in stage.expected(exp, unit)]
+        journal.record(unit, "done", outputs=outputs, recovered=True)
+    log.info("%s: %d unit(s) found complete on disk, recorded as done", stage.name, len(missing))
+
+
+def _unfinished(stage: Stage, exp: Experiment, run_id: str) -> bool:
+    """Whether any unit of the whole stage (every shard) is still to do."""
+    return bool(pending_units(stage, exp, stage.units(exp), run_id, force=False))
 
 
 def _report(stage: Stage, summary: dict[str, Any]) -> None:

@@ -167,7 +167,7 @@ def _prepare(exp: Experiment) -> None:
 STAGE = Stage(
     name="create_tiles",
     units=tiling_units,
-    expected=lambda paths, unit: [paths.tile_store(unit)],
+    expected=lambda exp, unit: [RunPaths.of(exp).tile_store(unit)],
     worker=TilingWorker,
     prepare=_prepare,
 )
