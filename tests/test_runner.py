@@ -73,7 +73,11 @@ def test_failed_unit_is_recorded_others_finish_and_a_rerun_retries_only_it(tmp_p
         assert failed["error"].endswith("RuntimeError: poisoned pixel")
         assert failed["attempts"] == 1 and failed["host"] and failed["started"] < failed["ended"]
     assert {r["status"] for u, r in records.items() if u not in poisoned} == {"done"}
-    assert records["c00004_r00007"]["counts"] == {"tiles": 4, "tiles_with_detection": 4}
+    assert records["c00004_r00007"]["counts"] == {
+        "tiles": 4,
+        "tiles_with_detection": 4,
+        "values_clipped": 0,
+    }
     before = {p: p.stat().st_mtime_ns for p in paths.prob_stores()}
     assert len(before) == 25
     # the model is fixed in place; the rerun predicts the failed chunk only

@@ -116,6 +116,8 @@ class InferenceConfig:
     batch_size: Count = 16
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the network (CUDA: faster after a warm-up)
+    io_workers: NonNegativeInt | None = None  # None: auto (0 on CPU, several on a GPU)
 
 
 @dataclass(frozen=True)

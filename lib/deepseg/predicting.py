@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 
 import numpy as np
+import torch
 
+from .chunk_io import ChunkIO, auto_workers
 from .config import Experiment, resolve_threshold
 from .errors import DeepSegError
 from .grid import TileGrid
-from .inference import predict_chunk
+from .inference import BatchSize, predict_chunk
 from .manifest import fold
 from .model import WEIGHTS, load_model, read_model_card
 from .outputs import RunPaths
 from .runlog import update_run_log
-from .runner import Stage, UnitResult, run
-from .stores import TileStore, read_prob_attrs, read_tile_store, write_prob_store
+from .runner import Event, Stage, UnitResult, run
+from .stores import TileStore
 from .tiling import read_tile_list, tiling_units
 
 log = logging.getLogger(__name__)
@@ -38,8 +43,6 @@ def predict_units(exp: Experiment) -> list[str]:
 
 def _check(exp: Experiment) -> None:
     """Refuse a model folder or setting that cannot work, before anything is written."""
-    if exp.merge.method != "max":
-        raise DeepSegError(f"merge.method: {exp.merge.method!r} is not implemented yet; use max")
     read_model_card(exp.model.dir, len(exp.input.bands))
 
 
@@ -68,46 +71,96 @@ def only_listed(store: TileStore, listed: set[tuple[int, int]]) -> TileStore:
 
 
 class PredictWorker:
-    """Predicts chunks of one experiment: the model is loaded once per process."""
+    """Predicts chunks of one experiment: the model is loaded once per process, tile stores
+    are read ahead and probability stores written behind it (``chunk_io``)."""
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
         self.model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)
+        if self.model.device.type == "cuda":  # convolutions run fastest channels-last there
+            self.model.network = self.model.network.to(memory_format=torch.channels_last)
+        if exp.inference.compile:
+            self.model.network = torch.compile(self.model.network)
         self.threshold = resolve_threshold(exp, self.model.threshold)
         self.listed = read_tile_list(exp.grid.tile_list, self.grid) if exp.grid.tile_list else None
         self.staged = fold(self.paths, "create_tiles")
+        self.batch_size = BatchSize(exp.inference.batch_size)
+        workers = exp.inference.io_workers
+        self.io_workers = auto_workers(self.model.device.type) if workers is None else workers
 
-    def run(self, unit: str) -> UnitResult:
-        """Predict one chunk's tiles into its probability store."""
-        source = self.paths.tile_store(unit)
-        if not source.exists():
-            state = self.staged.get(unit)
-            if state is not None and state.status == "done" and not state.outputs:
-                return UnitResult([], {"tiles": 0})  # staged and found without valid data
-            raise DeepSegError(f"{source}: missing; run create_tiles.py for this chunk first")
-        store = read_tile_store(source)
+    def run_all(self, units: Sequence[str]) -> Iterator[Event]:
+        """Events for ``units`` (see ``runner.events``), reading ahead and writing behind."""
+        with ChunkIO(self.io_workers) as io:
+            pending = iter(units)
+            reads: deque[tuple[str, Future | None]] = deque()
+            writes: deque[tuple[str, Future, dict[str, int]]] = deque()
+            while True:
+                while len(reads) < io.depth and (unit := next(pending, None)) is not None:
+                    source = self.paths.tile_store(unit)
+                    reads.append((unit, io.read(source) if source.exists() else None))
+                if not reads:
+                    break
+                unit, future = reads.popleft()
+                yield "start", unit, None
+                try:
+                    if future is None:
+                        yield "done", unit, self._without_store(unit)
+                        continue
+                    writes.append((unit, *self._predict(unit, future.result(), io)))
+                except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
+                    yield "failed", unit, exc
+                while writes and (writes[0][1].done() or len(writes) > io.depth):
+                    yield self._written(*writes.popleft())
+            while writes:
+                yield self._written(*writes.popleft())
+
+    def _without_store(self, unit: str) -> UnitResult:
+        state = self.staged.get(unit)
+        if state is not None and state.status == "done" and not state.outputs:
+            return UnitResult([], {"tiles": 0})  # staged and found without valid data
+        raise DeepSegError(
+            f"{self.paths.tile_store(unit)}: missing; run create_tiles.py for this chunk first"
+        )
+
+    def _predict(self, unit: str, store: TileStore, io: ChunkIO) -> tuple[Future, dict]:
+        """Predict a chunk; its store is written in the background."""
         if self.listed is not None:
             store = only_listed(store, self.listed)
-        prob, hits, detected = predict_chunk(store, self.model, self.exp, self.grid, self.threshold)
-        target = self.paths.prob_store(unit)
+        pred = predict_chunk(
+            store, self.model, self.exp, self.grid, self.threshold, self.batch_size
+        )
+        if pred.out_of_range:
+            log.error(
+                "chunk %s: %d predicted value(s) outside [0, 1] or NaN, clipped; check the model",
+                unit,
+                pred.out_of_range,
+            )
         footprint = self.grid.chunk_footprint(*store.chunk)
-        write_prob_store(
-            target,
+        future = io.write(
+            self.paths.prob_store(unit),
             self.grid,
             self.exp.crs,
             store.chunk,
             footprint,
-            prob,
-            hits,
+            (pred.prob, pred.hits, pred.weight),
             self.threshold,
             self.exp.inference.scales,
         )
-        counts = {"tiles": len(store.tiles), "tiles_with_detection": detected}
-        attrs = read_prob_attrs(target)  # read back: what merge and vectorize index stores by
-        info = {k: attrs[k] for k in ("valid_box", "threshold", "scales")}
-        return UnitResult([target], counts, info)
+        counts = {
+            "tiles": len(store.tiles),
+            "tiles_with_detection": pred.tiles_with_detection,
+            "values_clipped": pred.out_of_range,
+        }
+        return future, counts
+
+    def _written(self, unit: str, future: Future, counts: dict[str, int]) -> Event:
+        try:
+            info = future.result()
+        except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
+            return "failed", unit, exc
+        return "done", unit, UnitResult([self.paths.prob_store(unit)], counts, info)
 
 
 STAGE = Stage(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +48,27 @@ class UnitResult:
 
 class Worker(Protocol):
     def run(self, unit: str) -> UnitResult: ...
+
+
+# What a worker reports: ("start", unit, None), ("done", unit, UnitResult) or
+# ("failed", unit, exception). A worker that pipelines units (reading ahead, writing behind)
+# has ``run_all(units)`` yielding these; the others are driven one ``run`` at a time.
+Event = tuple[str, str, Any]
+
+
+def events(worker: Worker, units: Sequence[str]) -> Iterator[Event]:
+    """The worker's events for ``units``, in order."""
+    if hasattr(worker, "run_all"):
+        yield from worker.run_all(units)
+        return
+    for unit in units:
+        yield "start", unit, None
+        try:
+            result = worker.run(unit)
+        except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
+            yield "failed", unit, exc
+            continue
+        yield "done", unit, result
 
 
 @dataclass(frozen=True)
@@ -106,25 +127,38 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         return 0
     worker = stage.worker(exp)
     failed = succeeded = 0
-    for unit in progress(todo, len(todo), f"{stage.name}: units", log):
-        journal.record(unit, "running")
-        try:
-            result = worker.run(unit)
-        except Exception as exc:  # noqa: BLE001 - recorded in the manifest, then judged below
+    stream = events(worker, todo)
+    try:
+        ends = _journal_starts(stream, journal)
+        for kind, unit, payload in progress(ends, len(todo), f"{stage.name}: units", log):
+            if kind == "done":
+                succeeded += 1
+                outputs = [str(p.relative_to(paths.root)) for p in payload.outputs]
+                journal.record(
+                    unit, "done", outputs=outputs, counts=payload.counts, info=payload.info
+                )
+                continue
             failed += 1
-            journal.record(unit, "failed", error=_one_line(exc))
-            log.error("%s: unit %s failed: %s", stage.name, unit, _one_line(exc))
-            log.debug("%s", traceback.format_exc())
+            journal.record(unit, "failed", error=_one_line(payload))
+            log.error("%s: unit %s failed: %s", stage.name, unit, _one_line(payload))
+            log.debug("%s", "".join(traceback.format_exception(payload)))
             if not succeeded and failed >= SYSTEMATIC_FAILURES:
                 raise DeepSegError(
                     f"{stage.name}: the first {failed} units all failed, last {unit}: "
-                    f"{_one_line(exc)}"
-                ) from exc
-            continue
-        succeeded += 1
-        outputs = [str(p.relative_to(paths.root)) for p in result.outputs]
-        journal.record(unit, "done", outputs=outputs, counts=result.counts, info=result.info)
+                    f"{_one_line(payload)}"
+                ) from payload
+    finally:
+        stream.close()  # a pipelining worker stops its background I/O
     return failed
+
+
+def _journal_starts(stream: Iterator[Event], journal: Journal) -> Iterator[Event]:
+    """Record each unit's start; pass on the ends (done or failed)."""
+    for event in stream:
+        if event[0] == "start":
+            journal.record(event[1], "running")
+        else:
+            yield event
 
 
 def _one_line(exc: BaseException) -> str:
