@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
+from .calibration import merge_threshold
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
@@ -171,7 +172,7 @@ def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
     index = StoreIndex.scan(paths.predictions)
-    threshold = exp.merge.threshold if exp.merge.threshold is not None else index.threshold
+    threshold = merge_threshold(exp, index.threshold)
     counts = {"regions_written": 0, "regions_skipped": 0}
     with record_stage(paths, "merge", counts):
         for name, box in regions(exp, grid, index).items():

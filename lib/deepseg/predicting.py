@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from .calibration import merge_threshold
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import TileGrid
@@ -31,7 +32,7 @@ def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
     if not stores:
         raise DeepSegError(f"{paths.tiles}: no tile stores; run create_tiles.py first")
     model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)
-    threshold = exp.merge.threshold if exp.merge.threshold is not None else model.threshold
+    threshold = merge_threshold(exp, model.threshold)
     update_run_log(
         paths,
         model_checkpoint=str(exp.model.dir / "best_model.pth"),
