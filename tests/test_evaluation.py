@@ -14,9 +14,9 @@ import pytest
 import rasterio
 import shapely
 import yaml
-from rasterio.features import rasterize
+from rasterio.features import rasterize, shapes
 
-from conftest import REPO, lattice_transform, write_experiment, write_raster
+from conftest import REPO, lattice_transform, shared_file, write_experiment, write_raster
 from deepseg.calibration import merge_threshold
 from deepseg.config import load_experiment
 from deepseg.errors import DeepSegError
@@ -380,3 +380,48 @@ def test_command_line_and_deepseg_sh(tmp_path, model_dir):
     assert "=== DeepSeg: evaluate" in result.stderr and "ETA" in result.stderr
     report = json.loads(RunPaths.of(load_experiment(exp_path)).evaluation_report.read_text())
     assert [report["object"][k] for k in ("tp", "fp", "fn")] == [4, 1, 1]  # iou 0.1: C-rC too
+
+
+def test_real_expert_votes_against_their_consensus(tmp_path, model_dir):
+    """Real labels (Peel Plateau, 12 experts): the vote share as probability, >= 6 of 12 as
+    the binary map and its 4-connected patches as predictions, against the published
+    consensus polygons (at least 6 of 12): a perfect match, and calibration finds the gap
+    between 5 and 6 votes."""
+    votes_path = shared_file("peel/peel_expert_votes_3m_epsg3413.tif")
+    labels = shared_file("peel/peel_labels_epsg3413.gpkg")
+    with rasterio.open(votes_path) as src:
+        votes, transform = src.read(1), src.transform
+    exp_path = hand_run(tmp_path, model_dir)
+    exp = load_experiment(exp_path)
+    paths = RunPaths.of(exp)
+    binary = (votes >= 6).astype(np.uint8)
+    write_raster(paths.region_prob("all"), (votes / np.float32(12))[None], transform, nodata=-1)
+    write_raster(paths.region_binary("all"), binary[None], transform, nodata=255)
+    patches = [
+        shapely.geometry.shape(g) for g, _ in shapes(binary, binary == 1, transform=transform)
+    ]
+    gpd.GeoDataFrame(
+        {"rts_id": [f"p{i}" for i in range(len(patches))]}, geometry=patches, crs="EPSG:3413"
+    ).to_file(paths.polygons, layer="rts_predictions")
+    report = evaluate(exp, reference=labels, reference_layer="consensus_ge6of12", calibrate=True)
+    consensus_px = int(binary.sum())
+    assert counts(report["pixel"]) == (consensus_px, 0, 0, votes.size - consensus_px)
+    assert [report["object"][k] for k in ("tp", "fp", "fn")] == [10, 0, 0]
+    areas = gpd.read_file(labels, layer="consensus_ge6of12").area.to_numpy()
+    by_size = {k: v["tp"] for k, v in report["by_size"].items()}
+    assert (
+        by_size
+        == {
+            "lt_0.01_km2": int((areas < 1e4).sum()),
+            "0.01_to_0.1_km2": int(((areas >= 1e4) & (areas < 1e5)).sum()),
+            "ge_0.1_km2": int((areas >= 1e5).sum()),
+        }
+        == {"lt_0.01_km2": 4, "0.01_to_0.1_km2": 5, "ge_0.1_km2": 1}
+    )
+    # threshold 0.41 keeps 5 votes (5/12 = 0.4167): the 5-vote pixels are false positives
+    curve = report["pixel"]["pr_curve"]
+    five_votes = int((votes == 5).sum())
+    assert curve["precision"][41] == consensus_px / (consensus_px + five_votes)
+    assert curve["precision"][42] == curve["recall"][42] == 1.0
+    # every threshold in (5/12, 6/12] is perfect: k = 417 .. 500, the middle is 458
+    assert json.loads(paths.calibration.read_text())["threshold"] == 0.458
