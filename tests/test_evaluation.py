@@ -164,6 +164,16 @@ def test_aoi_reprojected_files_and_iou(tmp_path, model_dir):
     # 345..389 left of column 250: 45 x 70 = 3,150; evaluated 250 x 400 = 100,000 px
     assert counts(report["pixel"]) == (15_050, 2_000, 5_150, 100_000 - 15_050 - 2_000 - 5_150)
     assert [report["object"][k] for k in ("tp", "fp", "fn")] == [3, 0, 0]
+    # an AOI without RTS (columns 0..89, rows 160..399): only true negatives, no objects
+    empty = write_polygons(tmp_path / "empty.gpkg", [(0, 160, 90, HEIGHT)])
+    report = evaluate(exp, reference=tmp_path / "reference.gpkg", aoi=empty)
+    assert counts(report["pixel"]) == (0, 0, 0, 90 * 240)
+    assert report["pixel"]["precision"] is None and report["object"]["tp"] == 0
+    assert report["object"]["precision"] is None and report["object"]["recall"] is None
+    assert len(gpd.read_file(RunPaths.of(exp).evaluation_errors)) == 0
+    with pytest.raises(DeepSegError, match=f"{empty}: cannot calibrate, no reference pixel"):
+        evaluate(exp, reference=tmp_path / "reference.gpkg", aoi=empty, calibrate=True)
+    assert not RunPaths.of(exp).calibration.exists()
     strict = evaluate(exp, reference=tmp_path / "reference.gpkg", iou=0.9)  # only A-rA
     assert [strict["object"][k] for k in ("tp", "fp", "fn")] == [1, 4, 4]
     loose = evaluate(exp, reference=tmp_path / "reference.gpkg", iou=0.1)  # and C-rC (1/7)

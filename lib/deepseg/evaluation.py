@@ -180,6 +180,11 @@ def _write_outputs(
 
 def _calibrate(paths: RunPaths, report: dict) -> None:
     best = report["pixel"]["best_threshold"]
+    if best["tp"] + best["fn"] == 0:
+        raise DeepSegError(
+            f"{report['aoi'] or report['reference']}: cannot calibrate, no reference pixel in "
+            "the evaluated area; use an area of interest that holds RTS"
+        )
     sources = {k: report[k] for k in ("experiment", "reference", "reference_layer", "aoi")}
     write_calibration(paths, {**best, **sources, "report": str(paths.evaluation_report)})
     log.info(

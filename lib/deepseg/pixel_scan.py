@@ -102,14 +102,20 @@ def scan_region(
             raise DeepSegError(f"{binary_path}: not on {prob_path}'s grid; rerun merge.py --force")
         for finder in finders:
             finder.start_region(prob_src)
-        blocks = list(prob_src.block_windows(1))
-        for block, window in progress(blocks, len(blocks), f"evaluate {name}: blocks", log):
-            prob = prob_src.read(1, window=window)
+        block_h, block_w = prob_src.block_shapes[0]
+        total = -(-prob_src.height // block_h) * -(-prob_src.width // block_w)
+        blocks = prob_src.block_windows(1)  # lazily: a region may hold millions of blocks
+        for block, window in progress(blocks, total, f"evaluate {name}: blocks", log):
             box = bounds(window, prob_src.transform)
             transform = prob_src.window_transform(window)
+            shape = (window.height, window.width)
+            in_aoi = None if aoi is None else _aoi_mask(aoi, box, transform, shape)
+            if in_aoi is not None and not in_aoi.any():
+                continue  # outside the AOI: nothing to read
+            prob = prob_src.read(1, window=window)
             evaluated = _valid(prob, prob_src.nodata)
-            if aoi is not None:
-                evaluated &= _aoi_mask(aoi, box, transform, prob.shape)
+            if in_aoi is not None:
+                evaluated &= in_aoi
             for finder in finders:
                 finder.visit(name, block, evaluated)
             if not evaluated.any():
