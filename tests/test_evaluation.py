@@ -321,7 +321,9 @@ def test_errors_name_the_file_at_fault(tmp_path, model_dir):
     exp = load_experiment(hand_run(tmp_path, model_dir))
     reference = tmp_path / "reference.gpkg"
     missing = tmp_path / "nope.gpkg"
-    assert one_line_error(exp, reference=missing) == f"{missing}: reference file not found"
+    assert one_line_error(exp, reference=missing) == (
+        f"{missing}: reference file not found (check evaluate.reference or --reference)"
+    )
     assert "pass --reference FILE or set evaluate.reference in" in one_line_error(exp)
     no_crs = write_polygons(tmp_path / "nocrs.shp", REFERENCE, crs=None)
     assert one_line_error(exp, reference=no_crs) == (
@@ -370,7 +372,8 @@ def test_command_line_and_deepseg_sh(tmp_path, model_dir):
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"deepseg: error: {tmp_path / 'nope.gpkg'}: reference file not found"
+        f"deepseg: error: {tmp_path / 'nope.gpkg'}: reference file not found "
+        "(check evaluate.reference or --reference)"
     ]
     exp = yaml.safe_load(exp_path.read_text())
     exp["evaluate"] = {"reference": "reference.gpkg", "iou": 0.1}  # relative to the file

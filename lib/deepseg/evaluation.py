@@ -248,7 +248,11 @@ def evaluate(
                 [ref_points, pred_points],
             )
         if sum(t.evaluated for t in tallies.values()) == 0:
-            raise DeepSegError(f"{settings.aoi}: the area of interest covers no predicted pixel")
+            if settings.aoi is not None:
+                raise DeepSegError(
+                    f"{settings.aoi}: the area of interest covers no predicted pixel"
+                )
+            raise DeepSegError(f"{paths.merged}: the merged maps hold no valid pixel to evaluate")
         references = _in_scope(references, ref_points)
         if len(references) == 0 and settings.aoi is None:
             raise DeepSegError(

@@ -56,7 +56,7 @@ def read_polygons(path: Path, layer: str | None, crs: str, what: str) -> gpd.Geo
     the file when it is absent, unreadable, without a CRS or not made of polygons. ``what``
     names the file's role in messages (e.g. ``reference``, ``aoi``)."""
     if not path.exists():
-        raise DeepSegError(f"{path}: {what} file not found")
+        raise DeepSegError(f"{path}: {what} file not found (check evaluate.{what} or --{what})")
     name = _layer(path, layer, what)
     try:
         with warnings.catch_warnings():
