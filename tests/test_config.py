@@ -257,7 +257,7 @@ def test_resolve_experiment_path(tmp_path):
         ),
         (
             {"merge": {"threshold": 1.5}},
-            "merge.threshold: expected a number in [0, 1] or null, got 1.5",
+            "merge.threshold: expected a number in [0, 1] or calibrated or null, got 1.5",
         ),
         (
             {"inference": {"tta": "full"}},
@@ -403,3 +403,28 @@ def test_profile_errors_name_the_file(tmp_path, base):
     write_yaml(tmp_path / "typo.yaml", {"cluster": {"slurm": {"partitoin": "gpu"}}})
     message = error(child(tmp_path, {"cluster": {"profile": "../typo.yaml"}}))
     assert message.startswith("typo.yaml: cluster.slurm.partitoin: unknown key")
+
+
+def test_evaluate_section(tmp_path, base):
+    exp = load_experiment(base)
+    assert (exp.evaluate.reference, exp.evaluate.aoi, exp.evaluate.reference_layer) == (None,) * 3
+    assert (exp.evaluate.iou, exp.evaluate.beta) == (0.25, 0.5)
+    leaf = child(
+        tmp_path,
+        {
+            "evaluate": {"reference": "../labels/ref.gpkg", "aoi": "aoi.geojson", "iou": 0.5},
+            "merge": {"threshold": "calibrated"},
+        },
+    )
+    exp = load_experiment(leaf)
+    # relative to the file that set them; not checked to exist (evaluate.py may override them)
+    assert exp.evaluate.reference == tmp_path / "labels" / "ref.gpkg"
+    assert exp.evaluate.aoi == tmp_path / "experiments" / "aoi.geojson"
+    assert (exp.evaluate.iou, exp.merge.threshold) == (0.5, "calibrated")
+    assert error(child(tmp_path, {"evaluate": {"iou": 0}})).startswith(
+        "experiments/demo.yaml: evaluate.iou: expected a number in (0, 1], got 0"
+    )
+    assert error(child(tmp_path, {"merge": {"threshold": "calibrate"}})) == (
+        "experiments/demo.yaml: merge.threshold: expected a number in [0, 1] or calibrated "
+        "or null, got 'calibrate'"
+    )

@@ -29,8 +29,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return shard
 
 
-def stage_parser(description: str | None) -> argparse.ArgumentParser:
-    """The arguments common to all stages."""
+def stage_parser(description: str | None, units: bool = True) -> argparse.ArgumentParser:
+    """The arguments common to all stages; ``units``: also --shard and --tile-list, for the
+    stages that work through units (chunks or regions)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "-e",
@@ -39,6 +40,13 @@ def stage_parser(description: str | None) -> argparse.ArgumentParser:
         help="an experiment name in experiments/ (e.g. demo) or a path to a YAML file",
     )
     parser.add_argument("--force", action="store_true", help="redo work that is already done")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    if units:
+        _add_unit_arguments(parser)
+    return parser
+
+
+def _add_unit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard",
         type=parse_shard,
@@ -52,8 +60,6 @@ def stage_parser(description: str | None) -> argparse.ArgumentParser:
         metavar="CSV",
         help="only these tiles (tile_id,minx,miny,maxx,maxy); overrides grid.tile_list",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
 
 
 def with_tile_list(exp: Experiment, tile_list: Path | None) -> Experiment:
@@ -79,7 +85,7 @@ def run_stage(
     parser = parser or stage_parser(description)
     args = vars(parser.parse_args(argv))
     setup_logging(args.pop("verbose"))
-    name, tile_list = args.pop("experiment"), args.pop("tile_list")
+    name, tile_list = args.pop("experiment"), args.pop("tile_list", None)
     try:
         exp = with_tile_list(load_experiment(name), tile_list)
         stage(exp, **args)

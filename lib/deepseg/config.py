@@ -56,6 +56,7 @@ Count = _rule(int, "an integer >= 1", lambda v: v >= 1)
 NonNegativeInt = _rule(int, "an integer >= 0", lambda v: v >= 0)
 Scale = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Probability = _rule(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+IoU = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Bands = _rule(tuple[Count, ...], "a non-empty list of band numbers (1-based)", bool)
 Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
 Rasters = _rule(tuple[Path, ...], "at least one raster file or glob", bool)
@@ -122,10 +123,11 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """How overlapping tiles merge; ``threshold`` None means the model's calibrated one."""
+    """How overlapping tiles merge; ``threshold`` None means the model's calibrated one,
+    ``"calibrated"`` the one ``evaluate.py --calibrate`` wrote (see ``calibration``)."""
 
     method: Literal["max", "sinusoidal"] = "max"
-    threshold: Probability | None = None
+    threshold: Probability | Literal["calibrated"] | None = None
     products: tuple[Literal["uncertainty", "scales"], ...] = ()
 
 
@@ -135,6 +137,18 @@ class VectorizeConfig:
 
     min_area_m2: NonNegative = 0.0
     simplify_m: NonNegative = 0.0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation against reference polygons (``evaluate.py``): files (absolute once loaded),
+    the object-matching IoU and the F-beta ``beta`` used to calibrate the threshold."""
+
+    reference: Path | None = None  # polygons (GPKG, GeoJSON, Shapefile) in any CRS
+    reference_layer: str | None = None  # None: the file's first layer
+    aoi: Path | None = None  # polygons bounding the evaluation; None: the valid predicted area
+    iou: IoU = 0.25
+    beta: Positive = 0.5
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,7 @@ class Experiment:
     inference: InferenceConfig = InferenceConfig()
     merge: MergeConfig = MergeConfig()
     vectorize: VectorizeConfig = VectorizeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     cluster: ClusterConfig = ClusterConfig()
     source: Path = field(metadata={"yaml": False})  # the experiment file loaded (absolute)
 
@@ -187,11 +202,6 @@ class Experiment:
         data = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # Path -> str
         del data["source"]
         return data
-
-
-def resolve_threshold(exp: Experiment, model_threshold: float) -> float:
-    """The probability threshold of a run: ``merge.threshold`` when set, else the model's."""
-    return exp.merge.threshold if exp.merge.threshold is not None else model_threshold
 
 
 # ---- the generic validator ------------------------------------------------------------------
@@ -225,7 +235,7 @@ def _expect(tp: Any) -> str:
     if origin is Annotated:
         return args[1].expect
     if origin is Literal:
-        return "one of " + "|".join(args)
+        return "one of " + "|".join(args) if len(args) > 1 else args[0]
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_expect(a) for a in args if a is not type(None)) + " or null"
     if origin is tuple:
@@ -241,14 +251,18 @@ def _build(tp: Any, value: Any, key: Key) -> Any:
     if origin is Annotated or origin in (typing.Union, types.UnionType):
         if origin is not Annotated and value is None:
             return None
-        inner = args[0] if origin is Annotated else next(a for a in args if a is not type(None))
-        try:
-            out = _build(inner, value, key)
-        except _Mismatch as exc:
-            raise bad if exc.key == key else exc from None
-        if origin is Annotated and not args[1].check(out):
-            raise bad
-        return out
+        options = args[:1] if origin is Annotated else [a for a in args if a is not type(None)]
+        for inner in options:  # the first option that takes the value wins
+            try:
+                out = _build(inner, value, key)
+            except _Mismatch as exc:
+                if exc.key != key:  # a deeper key is at fault: name it
+                    raise
+                continue
+            if origin is Annotated and not args[1].check(out):
+                raise bad
+            return out
+        raise bad
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return tp(**_fields(tp, value, key))
     if origin is Literal and isinstance(value, str) and value in args:
@@ -494,6 +508,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         input=dataclasses.replace(exp.input, rasters=_rasters(exp.input.rasters, base, fail)),
         grid=grid,
         model=ModelConfig(_model_dir(exp.model.dir, base, fail)),
+        evaluate=_evaluate_files(exp.evaluate, base),
     )
 
 
@@ -526,3 +541,14 @@ def _model_dir(folder: Path, base: Callable, fail: Callable) -> Path:
         if not (path / name).is_file():
             raise fail(key, f"expected a model folder holding {name}, missing {path / name}")
     return path
+
+
+def _evaluate_files(settings: EvaluateConfig, base: Callable) -> EvaluateConfig:
+    """``evaluate.reference`` and ``evaluate.aoi`` made absolute. They are checked when
+    evaluate.py runs (it may override them), so other stages never fail on them."""
+
+    def resolve(name: str) -> Path | None:
+        value = getattr(settings, name)
+        return None if value is None else _abs(base(("evaluate", name)) / value)
+
+    return dataclasses.replace(settings, reference=resolve("reference"), aoi=resolve("aoi"))

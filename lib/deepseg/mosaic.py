@@ -27,7 +27,8 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
-from .config import Experiment, resolve_threshold
+from .calibration import merge_threshold
+from .config import Experiment
 from .grid import PixelBox, TileGrid
 from .outputs import RunPaths, atomic_path, partial_path
 from .progress import progress
@@ -175,7 +176,7 @@ class MergeWorker:
         self.grid = TileGrid.from_experiment(exp)
         self.index = StoreIndex.of_run(RunPaths.of(exp))
         self.boxes = regions(exp, self.grid, self.index)
-        self.threshold = resolve_threshold(exp, self.index.threshold)
+        self.threshold = merge_threshold(exp, self.index.threshold)
 
     def run(self, unit: str) -> UnitResult:
         box = self.boxes[unit]

@@ -9,6 +9,10 @@
     vectors/pieces/{chunk}.fgb    per chunk: polygon pieces and footprint (FlatGeobuf)
     logs/inference_log.json       what ran, with which model and settings, and how long
     logs/experiment.yaml          the resolved experiment (every default filled in)
+    logs/evaluation.json          evaluate.py: metrics against reference polygons
+    logs/evaluation_pr_curve.png  evaluate.py: pixel precision-recall curve over thresholds
+    logs/evaluation_errors.gpkg   evaluate.py: TP/FP/FN polygons (layer evaluation_errors)
+    logs/calibration.json         evaluate.py --calibrate: the threshold merge.threshold can use
 
 Every file is written under a temporary name beside its final one (``.STEM.partial.EXT``,
 hidden, extension kept so GDAL drivers still recognise it) and renamed into place only when
@@ -95,6 +99,22 @@ class RunPaths:
     @property
     def run_log(self) -> Path:
         return self.logs / "inference_log.json"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.logs / "evaluation.json"
+
+    @property
+    def evaluation_pr_curve(self) -> Path:
+        return self.logs / "evaluation_pr_curve.png"
+
+    @property
+    def evaluation_errors(self) -> Path:
+        return self.logs / "evaluation_errors.gpkg"
+
+    @property
+    def calibration(self) -> Path:
+        return self.logs / "calibration.json"
 
 
 def partial_path(path: Path) -> Path:

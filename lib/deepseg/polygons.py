@@ -28,7 +28,8 @@ import shapely
 from pyproj import Transformer
 
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
-from .config import Experiment, resolve_threshold
+from .calibration import merge_threshold
+from .config import Experiment
 from .grid import TileGrid
 from .outputs import RunPaths, atomic_path, finished_files
 from .pieces import chunk_footprint, chunk_pieces
@@ -76,7 +77,7 @@ class VectorizeWorker:
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
         self.index = StoreIndex.of_run(self.paths)
-        self.threshold = resolve_threshold(exp, self.index.threshold)
+        self.threshold = merge_threshold(exp, self.index.threshold)
 
     def run(self, unit: str) -> UnitResult:
         core = self.grid.chunk_core(*TileGrid.parse_chunk_id(unit))

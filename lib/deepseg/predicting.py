@@ -16,8 +16,9 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from .calibration import merge_threshold
 from .chunk_io import ChunkIO, auto_workers
-from .config import Experiment, resolve_threshold
+from .config import Experiment
 from .errors import DeepSegError
 from .grid import TileGrid
 from .inference import BatchSize, predict_chunk
@@ -54,7 +55,7 @@ def _prepare(exp: Experiment) -> None:
         model_checkpoint=str(exp.model.dir / WEIGHTS),
         model_version=str(card.config.get("model_version", "unknown")),
         normalization_stats_hash=card.stats_md5,
-        threshold=resolve_threshold(exp, card.threshold),
+        threshold=merge_threshold(exp, card.threshold),
         scales_used=list(exp.inference.scales),
         tta_config=exp.inference.tta,
     )
@@ -83,7 +84,7 @@ class PredictWorker:
             self.model.network = self.model.network.to(memory_format=torch.channels_last)
         if exp.inference.compile:
             self.model.network = torch.compile(self.model.network)
-        self.threshold = resolve_threshold(exp, self.model.threshold)
+        self.threshold = merge_threshold(exp, self.model.threshold)
         self.listed = read_tile_list(exp.grid.tile_list, self.grid) if exp.grid.tile_list else None
         self.staged = fold(self.paths, "create_tiles")
         self.batch_size = BatchSize(exp.inference.batch_size)
