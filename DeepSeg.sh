@@ -3,6 +3,7 @@
 #
 #   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
 #   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
+#   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
 # STAGE is any of: tiles predict merge vectorize (default: all four, in that order).
@@ -38,12 +39,16 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python
     local stages=("$@")
     [[ ${#stages[@]} -gt 0 ]] || stages=(tiles predict merge vectorize)
+    if [[ "${stages[0]}" == "sync" ]]; then
+        python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
+        return 0
+    fi
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
@@ -52,7 +57,7 @@ main() {
         case "$stage" in
             tiles|create_tiles) script=create_tiles.py ;;
             predict|merge|vectorize) script=$stage.py ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize)" ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize, or sync)" ;;
         esac
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS

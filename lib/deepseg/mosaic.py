@@ -170,12 +170,12 @@ def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
     """Merge every region; a region whose two COGs exist is skipped unless ``force``."""
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
-    index = StoreIndex.scan(paths.predictions)
+    index = StoreIndex.scan(paths.local_folder(paths.predictions, ".kea"))
     threshold = exp.merge.threshold if exp.merge.threshold is not None else index.threshold
     counts = {"regions_written": 0, "regions_skipped": 0}
     with record_stage(paths, "merge", counts):
         for name, box in regions(exp, grid, index).items():
-            done = paths.region_prob(name).exists() and paths.region_binary(name).exists()
+            done = paths.done(paths.region_prob(name)) and paths.done(paths.region_binary(name))
             if done and not force:
                 counts["regions_skipped"] += 1
                 continue

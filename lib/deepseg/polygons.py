@@ -140,10 +140,11 @@ def vectorize(exp: Experiment, force: bool = False) -> dict[str, int]:
     """Write ``vectors/rts_predictions.gpkg`` (layer ``rts_predictions``) for every region."""
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
-    if paths.polygons.exists() and not force:
+    if paths.done(paths.polygons) and not force:
         log.info("vectorize: %s exists; skipped (use --force to redo)", paths.polygons)
         return {"polygons": -1}
-    index = StoreIndex.scan(paths.predictions)
+    index = StoreIndex.scan(paths.local_folder(paths.predictions, ".kea"))
+    paths.local_folder(paths.merged, ".tif")
     counts = {"polygons": 0}
     with record_stage(paths, "vectorize", counts):
         frames = []

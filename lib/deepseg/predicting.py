@@ -16,6 +16,7 @@ from .model import load_model
 from .outputs import RunPaths
 from .progress import progress
 from .runlog import record_stage, update_run_log
+from .storage import local_model_dir, model_hashes
 from .stores import read_tile_store, write_prob_store
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,14 @@ def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
     paths = RunPaths.of(exp)
     stores = paths.tile_stores()
     if not stores:
-        raise DeepSegError(f"{paths.tiles}: no tile stores; run create_tiles.py first")
-    model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)
+        raise DeepSegError(f"{paths.show(paths.tiles)}: no tile stores; run create_tiles.py first")
+    model_dir = local_model_dir(exp)
+    model = load_model(model_dir, len(exp.input.bands), exp.inference.device)
     threshold = exp.merge.threshold if exp.merge.threshold is not None else model.threshold
     update_run_log(
         paths,
         model_checkpoint=str(exp.model.dir / "best_model.pth"),
+        model_files=model_hashes(model_dir),
         model_version=str(model.config.get("model_version", "unknown")),
         normalization_stats_hash=model.stats_md5,
         threshold=threshold,
@@ -45,10 +48,10 @@ def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
     with record_stage(paths, "predict", counts):
         for path in progress(stores, len(stores), "predict: chunks", log):
             target = paths.prob_store(path.stem)
-            if target.exists() and not force:
+            if paths.done(target) and not force:
                 counts["chunks_skipped"] += 1
                 continue
-            store = read_tile_store(path)
+            store = read_tile_store(paths.local(path))
             prob, hits, detected = predict_chunk(store, model, exp, grid, threshold)
             write_prob_store(
                 target,

@@ -20,6 +20,7 @@ from .outputs import RunPaths
 from .progress import progress
 from .runlog import record_stage, write_resolved_experiment
 from .sources import InputRaster, open_inputs, read_box
+from .storage import local_file
 from .stores import TileTable, write_tile_store
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,9 @@ def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
     inputs = open_inputs(exp, grid)
-    listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
+    listed = (
+        read_tile_list(local_file(exp, exp.grid.tile_list), grid) if exp.grid.tile_list else None
+    )
     chunks = candidate_chunks(inputs, grid, listed)
     if chunks:
         write_resolved_experiment(exp, paths)
@@ -143,7 +146,7 @@ def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
     with record_stage(paths, "create_tiles", counts):
         for chunk in progress(chunks, len(chunks), "create_tiles: chunks", log):
             target = paths.tile_store(grid.chunk_id(*chunk))
-            if target.exists() and not force:
+            if paths.done(target) and not force:
                 counts["chunks_skipped"] += 1
                 continue
             box = grid.chunk_store_box(*chunk)
