@@ -35,7 +35,7 @@ from deepseg.outputs import RunPaths
 from deepseg.polygons import vectorize
 from deepseg.predicting import predict
 from deepseg.runlog import read_run_log, update_run_log
-from deepseg.storage import sync, sync_plan
+from deepseg.storage import cached_copy, sync, sync_plan
 from deepseg.tiling import create_tiles
 
 STAGES = (create_tiles, predict, merge, vectorize)
@@ -144,10 +144,9 @@ def run(experiment: Path, stages=STAGES, **overrides) -> list[dict]:
 
 
 # ---- end to end ---------------------------------------------------------------------------
-@pytest.mark.parametrize("remote_inputs", [False, True], ids=["local-inputs", "gs-inputs"])
-def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch, remote_inputs):
-    """The demo run into gs:// (inputs local, or read by /vsigs/ from the bucket with the
-    model copied from it) stores exactly the files of the local run, byte for byte."""
+def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch):
+    """The demo run entirely in the bucket (scene read by window through /vsigs/, model copied
+    from it, outputs uploaded) stores exactly the files of the local run, byte for byte."""
     from deepseg.demo import ensure_demo
 
     ensure_demo(REPO)
@@ -163,12 +162,11 @@ def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch, 
     remote["output"] = {"path": f"gs://{bucket}/inference/{{name}}"}
     remote["output"]["scratch"] = str(tmp_path / "scratch")
     remote["inference"] = {"device": "cpu"}
-    if remote_inputs:
-        gcs.upload(REPO / "data/demo/scene.tif", GsUri(bucket, "basemaps/scene.tif"), 0)
-        for name in ("best_model.pth", "normalization_stats.json", "config.yaml"):
-            gcs.upload(REPO / "data/demo/model" / name, GsUri(bucket, f"models/demo/{name}"), 0)
-        remote["input"] = {"rasters": [f"gs://{bucket}/basemaps/*.tif"]}
-        remote["model"] = {"dir": f"gs://{bucket}/models/demo"}
+    gcs.upload(REPO / "data/demo/scene.tif", GsUri(bucket, "basemaps/scene.tif"), 0)
+    for name in ("best_model.pth", "normalization_stats.json", "config.yaml"):
+        gcs.upload(REPO / "data/demo/model" / name, GsUri(bucket, f"models/demo/{name}"), 0)
+    remote["input"] = {"rasters": [f"gs://{bucket}/basemaps/*.tif"]}
+    remote["model"] = {"dir": f"gs://{bucket}/models/demo"}
     (tmp_path / "remote.yaml").write_text(yaml.safe_dump(remote))
     run(tmp_path / "remote.yaml")
 
@@ -217,7 +215,10 @@ def test_interrupted_run_resumes_from_the_bucket(tmp_path, bucket, model_dir):
     counts = run(other, [create_tiles])[0]
     assert counts["chunks_written"] == 0 and counts["chunks_skipped"] == len(tiles)
     assert not (tmp_path / "other-scratch" / "tiles").exists()  # skipped without downloading
-    run(other, [predict, merge, vectorize])  # reads the tile stores from the bucket
+    (tmp_path / "other-scratch" / "tiles").mkdir(parents=True)  # it holds one store already
+    (tmp_path / "other-scratch" / tiles[-1]).write_bytes(first[tiles[-1]])
+    predicted = run(other, [predict, merge, vectorize])[0]  # reads the rest from the bucket
+    assert predicted["chunks_written"] == len(tiles)
     run(experiment, [predict, merge, vectorize], force=True)
     assert without_logs(files(tmp_path / "scratch")) == without_logs(
         objects(bucket, "inference/test/")
@@ -226,12 +227,13 @@ def test_interrupted_run_resumes_from_the_bucket(tmp_path, bucket, model_dir):
 
 # ---- verified, preconditioned uploads -----------------------------------------------------
 class CorruptingProxy:
-    """A TCP proxy to the emulator that flips one byte of the first request carrying
-    ``marker``: a real upload corrupted in flight."""
+    """A TCP proxy to the emulator that flips one byte of the first request (or, with
+    ``responses``, response) carrying ``marker``: a real transfer corrupted in flight."""
 
-    def __init__(self, upstream: str, marker: bytes) -> None:
+    def __init__(self, upstream: str, marker: bytes, responses: bool = False) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self.upstream, self.marker, self.corrupted = (host, int(port)), marker, 0
+        self.responses = responses
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -243,8 +245,13 @@ class CorruptingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            for source, sink, corrupt in (
+                (client, upstream, not self.responses),
+                (upstream, client, self.responses),
+            ):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, corrupt), daemon=True
+                ).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, corrupt: bool) -> None:
         tail = b""
@@ -278,6 +285,21 @@ def test_upload_corrupted_in_flight_is_detected_and_redone(tmp_path, bucket, mon
     assert "upload corrupted" in caplog.text
     assert objects(bucket, "run/tiles/") == {"unit.kea": payload}
     assert stored.intact and stored.crc32c == gcs.file_checksums(source).crc32c
+
+
+def test_download_corrupted_in_flight_is_detected_and_redone(tmp_path, bucket, monkeypatch, caplog):
+    payload = os.urandom(3000) + b"<<DEEPSEG-MARKER>>" + os.urandom(3000)
+    put(bucket, "basemaps/scene.tif", payload)
+    proxy = CorruptingProxy(os.environ["STORAGE_EMULATOR_HOST"], b"<<DEEPSEG-MARKER>>", True)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    try:
+        copy = cached_copy(GsUri(bucket, "basemaps/scene.tif"), tmp_path / "cache")
+    finally:
+        proxy.close()
+    assert proxy.corrupted == 1
+    assert "download corrupted" in caplog.text
+    assert copy.read_bytes() == payload
+    assert sorted(p.name for p in copy.parent.iterdir()) == [".scene.tif.gcs.json", "scene.tif"]
 
 
 def test_corrupt_object_in_bucket_is_redone_by_rerun_and_sync(tmp_path, bucket, model_dir):
@@ -429,7 +451,7 @@ def test_missing_credentials_and_bucket_are_one_line_errors(tmp_path, bucket, mo
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "deepseg: error: gs://no-such-bucket-here/run/logs (bucket no-such-bucket-here, "
-        "object run/logs): not found (HTTP 404): check the bucket name and the path"
+        "object run/logs): bucket no-such-bucket-here does not exist (HTTP 404); check the path"
     )
 
 

@@ -175,8 +175,8 @@ def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
     counts = {"regions_written": 0, "regions_skipped": 0}
     with record_stage(paths, "merge", counts):
         for name, box in regions(exp, grid, index).items():
-            done = paths.done(paths.region_prob(name)) and paths.done(paths.region_binary(name))
-            if done and not force:
+            outputs = (paths.region_prob(name), paths.region_binary(name))
+            if not force and all(paths.done(p) for p in outputs):
                 counts["regions_skipped"] += 1
                 continue
             log.info(

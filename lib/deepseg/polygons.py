@@ -140,7 +140,7 @@ def vectorize(exp: Experiment, force: bool = False) -> dict[str, int]:
     """Write ``vectors/rts_predictions.gpkg`` (layer ``rts_predictions``) for every region."""
     grid = TileGrid.from_experiment(exp)
     paths = RunPaths.of(exp)
-    if paths.done(paths.polygons) and not force:
+    if not force and paths.done(paths.polygons):
         log.info("vectorize: %s exists; skipped (use --force to redo)", paths.polygons)
         return {"polygons": -1}
     index = StoreIndex.scan(paths.local_folder(paths.predictions, ".kea"))

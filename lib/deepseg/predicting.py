@@ -48,7 +48,7 @@ def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
     with record_stage(paths, "predict", counts):
         for path in progress(stores, len(stores), "predict: chunks", log):
             target = paths.prob_store(path.stem)
-            if paths.done(target) and not force:
+            if not force and paths.done(target):
                 counts["chunks_skipped"] += 1
                 continue
             store = read_tile_store(paths.local(path))

@@ -74,6 +74,8 @@ def readable_rasters(exp: Experiment) -> list[Path]:
     if not remote:
         return rasters
     if exp.input.cache_dir is None:
+        for uri in {r.bucket: r for r in remote}.values():  # GDAL would only say "HTTP 403"
+            gcs.stat(uri)
         gcs.gdal_environment()
         return [Path(r.vsi) if isinstance(r, GsUri) else r for r in rasters]
     cache = exp.input.cache_dir

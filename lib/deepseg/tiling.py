@@ -146,7 +146,7 @@ def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
     with record_stage(paths, "create_tiles", counts):
         for chunk in progress(chunks, len(chunks), "create_tiles: chunks", log):
             target = paths.tile_store(grid.chunk_id(*chunk))
-            if paths.done(target) and not force:
+            if not force and paths.done(target):
                 counts["chunks_skipped"] += 1
                 continue
             box = grid.chunk_store_box(*chunk)
