@@ -211,13 +211,9 @@ def gdal_environment() -> None:
 
 # ---- reading --------------------------------------------------------------------------------
 def _describe(uri: GsUri, blob: storage.Blob) -> RemoteObject:
+    uploaded = (blob.metadata or {}).get(CRC_METADATA)
     return RemoteObject(
-        uri,
-        int(blob.generation),
-        int(blob.size or 0),
-        blob.crc32c,
-        blob.md5_hash,
-        (blob.metadata or {}).get(CRC_METADATA),
+        uri, int(blob.generation), int(blob.size), blob.crc32c, blob.md5_hash, uploaded
     )
 
 
@@ -286,12 +282,8 @@ def download(obj: RemoteObject, target: Path) -> RemoteObject:
                 os.replace(tmp, target)
                 return obj
             log.warning(
-                "%s: download corrupted (CRC32C %s, expected %s); attempt %d/%d",
-                obj.uri,
-                got,
-                obj.crc32c,
-                attempt,
-                ATTEMPTS,
+                f"{obj.uri}: download corrupted (CRC32C {got}, expected {obj.crc32c}); "
+                f"attempt {attempt}/{ATTEMPTS}"
             )
         finally:
             tmp.unlink(missing_ok=True)
@@ -330,17 +322,10 @@ def upload(path: Path, uri: GsUri, if_generation_match: int) -> RemoteObject:
         stored = _describe(uri, blob)
         if (stored.crc32c, stored.md5 or sums.md5) == (sums.crc32c, sums.md5):
             return stored
+        got, want = f"CRC32C {stored.crc32c} MD5 {stored.md5}", f"{sums.crc32c} {sums.md5}"
         log.warning(
-            "%s: upload corrupted (stored CRC32C %s MD5 %s, file %s %s); deleting generation "
-            "%d and uploading again (attempt %d/%d)",
-            uri,
-            stored.crc32c,
-            stored.md5,
-            sums.crc32c,
-            sums.md5,
-            stored.generation,
-            attempt,
-            ATTEMPTS,
+            f"{uri}: upload corrupted ({got}, file {want}); deleting generation "
+            f"{stored.generation} and uploading again (attempt {attempt}/{ATTEMPTS})"
         )
         with explained("delete", uri), contextlib.suppress(api_errors.NotFound):
             blob.delete(if_generation_match=stored.generation)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 
 from . import gcs
@@ -42,6 +42,7 @@ class Mirror:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="deepseg-upload")
         self._pending: dict[Future, str] = {}
+        self._uploaded = 0  # finished uploads since the last flush
 
     def forget(self) -> None:
         """Drop what was seen in the bucket: the next question lists it again."""
@@ -98,7 +99,7 @@ class Mirror:
             return path  # only here (or nowhere): the local file is the truth
         if path.exists() and gcs.file_checksums(path).crc32c == obj.crc32c:
             return path
-        log.info("download %s -> %s", obj.uri, path)
+        log.debug("download %s -> %s", obj.uri, path)
         gcs.download(obj, path)
         return path
 
@@ -114,22 +115,29 @@ class Mirror:
         self._pending[self._pool.submit(self._upload_unit, path, key)] = key
 
     def flush(self, raise_errors: bool = True) -> int:
-        """Wait for every queued upload; raise the first failure (or log them). Returns count."""
+        """Wait for every queued upload; raise the first failure (or log them). Returns how
+        many files were uploaded since the last flush."""
         pending = list(self._pending)
-        if pending:
-            log.info("waiting for %d upload(s) to %s", len(pending), self.remote)
-            done, _ = wait(pending)
-            for future in progress(done, len(done), "upload: files", log, every_s=30):
-                self._collect([future], raise_errors)
-        return len(pending)
+        waiting = [f for f in pending if not f.done()]
+        if waiting:
+            log.info("waiting for %d upload(s) to %s", len(waiting), self.remote)
+            for _ in progress(as_completed(waiting), len(waiting), "upload: files", log, 30):
+                pass
+        self._collect(pending, raise_errors)
+        uploaded, self._uploaded = self._uploaded, 0
+        if uploaded:
+            log.info("%d file(s) uploaded to %s, checksums verified", uploaded, self.remote)
+        return uploaded
 
     def _collect(self, done: set[Future] | list[Future], raise_errors: bool) -> None:
         for future in done:
             key = self._pending.pop(future)
             error = future.exception()
-            if error is not None and raise_errors:
+            if error is None:
+                self._uploaded += 1
+            elif raise_errors:
                 raise error
-            if error is not None:
+            else:
                 log.error("upload of %s failed: %s", key, error)
 
     def _upload(self, path: Path, key: str) -> RemoteObject:
@@ -174,6 +182,7 @@ def attach(root: Path, remote: GsUri) -> Mirror:
         current = _mirrors.get(root)
         if current is None or current.remote != remote:
             current = _mirrors[root] = Mirror(root, remote)
+            log.info("outputs go to %s (written first to %s)", remote, root)
         return current
 
 

@@ -22,6 +22,7 @@ for the uploads), and write through ``atomic_path``, which publishes each finish
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from pathlib import Path
 from . import mirror
 from .config import Experiment
 from .gcs import GsUri
+from .progress import progress
 
+log = logging.getLogger(__name__)
 PARTIAL_PREFIX = "."
 PARTIAL_MARK = ".partial"
 
@@ -72,8 +75,10 @@ class RunPaths:
     def local_folder(self, folder: Path, suffix: str = "") -> Path:
         """``folder`` with a verified local copy of every finished file in it."""
         m = self._mirror
-        for name in sorted(m.names(folder, suffix)) if m is not None else []:
-            m.fetch(folder / name)
+        if m is not None:
+            names = sorted(m.names(folder, suffix))
+            for name in progress(names, len(names), f"local copies of {self.show(folder)}", log):
+                m.fetch(folder / name)
         return folder
 
     def flush(self, raise_errors: bool = True) -> None:
