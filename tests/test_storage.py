@@ -328,16 +328,16 @@ def test_two_workers_never_overwrite_each_other(tmp_path, bucket, caplog):
     first.write_bytes(b"worker one's result")
     second.write_bytes(b"worker two's result")
     uri = GsUri(bucket, "run/predictions/c1_r1.kea")
-    gcs.upload(first, uri, 0)
+    worker = Mirror(tmp_path / "w2", GsUri(bucket, "run"))
+    assert worker.seen("predictions/c1_r1.kea") is None  # worker two finds the unit not done
+    gcs.upload(first, uri, 0)  # ... then worker one finishes it
     with pytest.raises(Conflict) as info:
         gcs.upload(second, uri, 0)
     assert info.value.current.crc32c == gcs.file_checksums(first).crc32c
 
-    worker = Mirror(tmp_path / "w2", GsUri(bucket, "run"))
     late = tmp_path / "w2" / "predictions" / "c1_r1.kea"
     late.parent.mkdir(parents=True)
     late.write_bytes(b"worker two's result")
-    worker._seen.clear(), worker._listed.add("predictions")  # it looked before worker one wrote
     worker.publish(late)
     worker.flush()
     assert objects(bucket, "run/predictions/") == {"c1_r1.kea": b"worker one's result"}
@@ -397,8 +397,10 @@ def test_cached_inputs_download_once_and_follow_changes(tmp_path, bucket, model_
 def test_gs_globs_and_missing_inputs(tmp_path, bucket, model_dir):
     for key in ("b/q3/a.tif", "b/q3/b.tif", "b/q3/deep/c.tif", "b/q3/x.txt", "b/q4/d.tif"):
         put(bucket, key, b"x")
-    expand = gcs.expand
-    names = lambda pattern: [u.key for u in expand(GsUri.parse(f"gs://{bucket}/{pattern}"))]  # noqa: E731
+
+    def names(pattern: str) -> list[str]:
+        return [u.key for u in gcs.expand(GsUri(bucket, pattern))]
+
     assert names("b/q3/*.tif") == ["b/q3/a.tif", "b/q3/b.tif"]
     assert names("b/q3/**/*.tif") == ["b/q3/a.tif", "b/q3/b.tif", "b/q3/deep/c.tif"]
     assert names("b/q?/[ad].tif") == ["b/q3/a.tif", "b/q4/d.tif"]
