@@ -3,6 +3,7 @@
 #
 #   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
 #   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
+#   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
 # STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
@@ -45,6 +46,10 @@ main() {
     ensure_python
     local stages=("$@")
     [[ ${#stages[@]} -gt 0 ]] || stages=(tiles predict merge vectorize)
+    if [[ "${stages[0]}" == "sync" ]]; then
+        python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
+        return 0
+    fi
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
@@ -53,7 +58,7 @@ main() {
         case "$stage" in
             tiles|create_tiles) script=create_tiles.py ;;
             predict|merge|vectorize|evaluate) script=$stage.py ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate)" ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, or sync)" ;;
         esac
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS

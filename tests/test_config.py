@@ -297,13 +297,14 @@ def test_resolve_experiment_path(tmp_path):
             "grid.tile_list: expected an existing CSV file, got ",
         ),
         (
-            {"output": {"path": "gs://bucket/x"}},
-            "output.path: gs:// output is not supported yet "
-            "(Google Cloud Storage support is a later feature)",
+            {"output": {"path": "gs://Bad_Bucket/x"}},
+            "output.path: expected a gs://bucket/path URI, got 'gs://Bad_Bucket/x': bucket name "
+            "'Bad_Bucket' is not valid (3-222 characters: a-z 0-9 . _ -)",
         ),
         (
-            {"input": {"rasters": ["gs://b/x.tif"]}},
-            "input.rasters[0]: gs:// input is not supported yet",
+            {"input": {"cache_dir": "gs://bucket/cache"}},
+            "input.cache_dir: must be a local folder (it is where gs:// files are kept on this "
+            "machine), got 'gs://bucket/cache'",
         ),
     ],
 )

@@ -74,6 +74,7 @@ def test_failed_unit_is_recorded_others_finish_and_a_rerun_retries_only_it(tmp_p
         assert failed["attempts"] == 1 and failed["host"] and failed["started"] < failed["ended"]
     assert {r["status"] for u, r in records.items() if u not in poisoned} == {"done"}
     assert records["c00004_r00007"]["counts"] == {
+        "chunks_written": 1,
         "tiles": 4,
         "tiles_with_detection": 4,
         "values_clipped": 0,

@@ -35,6 +35,12 @@ class StoreIndex:
     merge_method: str = "max"
 
     @classmethod
+    def local(cls, paths: RunPaths) -> StoreIndex:
+        """The index, with a local copy of every store to read (downloaded in a gs:// run)."""
+        paths.local_folder(paths.predictions, ".kea")
+        return cls.of_run(paths)
+
+    @classmethod
     def of_run(cls, paths: RunPaths) -> StoreIndex:
         """Index the finished stores from predict's manifest (opening only stores it lacks)."""
         states = fold(paths, "predict")
@@ -42,7 +48,7 @@ class StoreIndex:
         for path in paths.prob_stores():
             state = states.get(path.stem)
             known = state is not None and state.status == "done" and "valid_box" in state.info
-            info = state.info if known else read_prob_attrs(path)
+            info = state.info if known else read_prob_attrs(paths.local(path))
             chunk = TileGrid.parse_chunk_id(path.stem)
             found[chunk] = path
             boxes[chunk] = PixelBox(*info["valid_box"])

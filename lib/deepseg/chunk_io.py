@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,14 @@ class ChunkIO:
             self._pool = ProcessPoolExecutor(workers, mp_context=context)
         else:
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="deepseg-io")
+        self._fetchers = ThreadPoolExecutor(self.depth, thread_name_prefix="deepseg-fetch")
 
-    def read(self, path: Path) -> Future[TileStore]:
-        return self._pool.submit(read_tile_store, path)
+    def read(self, path: Path, fetch: Callable[[Path], Path]) -> Future[TileStore]:
+        """The tile store at ``fetch(path)`` (a gs:// run downloads it there first)."""
+        return self._fetchers.submit(self._fetch_and_read, path, fetch)
+
+    def _fetch_and_read(self, path: Path, fetch: Callable[[Path], Path]) -> TileStore:
+        return self._pool.submit(read_tile_store, fetch(path)).result()
 
     def write(self, *args: Any) -> Future[dict[str, Any]]:
         """``write_and_describe(*args)`` in the background."""
@@ -68,4 +74,5 @@ class ChunkIO:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._fetchers.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)

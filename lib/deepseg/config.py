@@ -4,7 +4,9 @@ The frozen dataclasses below ARE the schema: their type hints (with ``Annotated`
 ranges) and defaults drive one generic validator, and a few explicit checks add what types
 cannot say (files exist, the CRS parses, ``grid.stride <= grid.tile_size``). Coordinates and
 lengths are in the experiment's ``crs`` (metres for the default EPSG:3413). Every error is one
-line ``FILE: KEY.PATH: expected ..., got ...`` naming the file that set the key.
+line ``FILE: KEY.PATH: expected ..., got ...`` naming the file that set the key. Paths that
+may live in Google Cloud Storage (``Location``) accept ``gs://bucket/path``; those are checked
+in the bucket (see ``gcs``), with the same messages.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ import yaml
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from . import gcs
+from .errors import DeepSegError
+from .gcs import GsUri
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_FILES = ("best_model.pth", "normalization_stats.json", "config.yaml")
-NOT_YET = "is not supported yet (Google Cloud Storage support is a later feature)"
+LOCAL_ONLY = "must be a local folder (it is where gs:// files are kept on this machine)"
 
 
 class ConfigError(ValueError):
@@ -59,8 +65,9 @@ Probability = _rule(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 IoU = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Bands = _rule(tuple[Count, ...], "a non-empty list of band numbers (1-based)", bool)
 Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
-Rasters = _rule(tuple[Path, ...], "at least one raster file or glob", bool)
-ModelDir = _rule(Path, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
+Location = GsUri | Path  # a local path, or gs://bucket/path
+Rasters = _rule(tuple[Location, ...], "at least one raster file or glob", bool)
+ModelDir = _rule(Location, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
 NAME = "^[A-Za-z0-9_-]+$"
 RegionName = _rule(
     str, f"a region name matching {NAME} (it becomes a file name)", re.compile(NAME).fullmatch
@@ -74,9 +81,13 @@ BBox = _rule(
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where a run writes; relative to the current folder, ``{name}`` = the experiment name."""
+    """Where a run writes; relative to the current folder, ``{name}`` = the experiment name.
 
-    path: Path = Path("runs/{name}")
+    With a gs:// ``path`` every file is first written under the local ``scratch`` folder (by
+    default runs/{name}) and uploaded when finished."""
+
+    path: Location = Path("runs/{name}")
+    scratch: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class InputConfig:
     bands: Bands = (1, 2, 3)
     nodata: float | None = None  # None: each raster's own nodata tag
     resampling: Literal["bilinear", "nearest", "cubic", "average"] = "bilinear"
+    cache_dir: Path | None = None  # gs:// rasters: None = read by window over the network
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class GridConfig:
     stride: Count = 256
     origin: tuple[float, float] = (-4000100.0, 4100100.0)  # top-left [x, y] in the CRS
     chunk_tiles: Count = 16  # tile strides per chunk side
-    tile_list: Path | None = None  # CSV tile_id,minx,miny,maxx,maxy: only these tiles
+    tile_list: Location | None = None  # CSV tile_id,minx,miny,maxx,maxy: only these tiles
 
 
 @dataclass(frozen=True)
@@ -241,7 +253,8 @@ def _expect(tp: Any) -> str:
     if origin is tuple:
         return "a list" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    return names.get(tp, "a path" if tp is Path else "a mapping")
+    names.update({Path: "a path", GsUri: "a gs://bucket/path URI"})
+    return names.get(tp, "a mapping")
 
 
 def _build(tp: Any, value: Any, key: Key) -> Any:
@@ -279,9 +292,14 @@ def _build(tp: Any, value: Any, key: Key) -> Any:
             _build(args[0], k, (*key, str(k))): _build(args[1], v, (*key, str(k)))
             for k, v in value.items()
         }
+    if tp is GsUri and isinstance(value, str) and value.startswith(gcs.SCHEME):
+        try:
+            return GsUri.parse(value)
+        except ValueError as exc:
+            raise _Invalid(key, f"expected a gs://bucket/path URI, got {value!r}: {exc}") from None
     if tp is Path and isinstance(value, str) and value:
-        if value.startswith("gs://"):
-            raise _Invalid(key, f"gs:// {key[0]} {NOT_YET}")
+        if value.startswith(gcs.SCHEME):
+            raise _Invalid(key, f"{LOCAL_ONLY}, got {value!r}")
         return Path(value).expanduser()
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -497,43 +515,93 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             key, f"expected grid.stride <= grid.tile_size, got {grid.stride} > {grid.tile_size}"
         )
     if grid.tile_list is not None:
-        tile_list = _abs(base(("grid", "tile_list")) / grid.tile_list)
-        if not tile_list.is_file():
-            raise fail(("grid", "tile_list"), f"expected an existing CSV file, got {tile_list}")
-        grid = dataclasses.replace(grid, tile_list=tile_list)
-    output = Path.cwd() / str(exp.output.path).replace("{name}", exp.name)
+        key = ("grid", "tile_list")
+        try:
+            tile_list = _located(grid.tile_list, base(key), lambda p: [p] if p.is_file() else [])
+        except DeepSegError as exc:
+            raise fail(key, str(exc)) from None
+        if not tile_list:
+            where = _where(grid.tile_list, base(key))
+            raise fail(key, f"expected an existing CSV file, got {where}")
+        grid = dataclasses.replace(grid, tile_list=tile_list[0])
     return dataclasses.replace(
         exp,
-        output=OutputConfig(_abs(output)),
-        input=dataclasses.replace(exp.input, rasters=_rasters(exp.input.rasters, base, fail)),
+        output=_output(exp.output, exp.name),
+        input=dataclasses.replace(
+            exp.input,
+            rasters=_rasters(exp.input.rasters, base, fail),
+            cache_dir=exp.input.cache_dir
+            and _abs(base(("input", "cache_dir")) / exp.input.cache_dir),
+        ),
         grid=grid,
         model=ModelConfig(_model_dir(exp.model.dir, base, fail)),
         evaluate=_evaluate_files(exp.evaluate, base),
     )
 
 
-def _rasters(entries: tuple[Path, ...], base: Callable, fail: Callable) -> tuple[Path, ...]:
-    """Absolute raster paths in the order given, each glob's matches sorted, duplicates dropped."""
-    found: dict[Path, None] = {}
+def _output(output: OutputConfig, name: str) -> OutputConfig:
+    """``{name}`` filled in; local folders absolute (from the current folder)."""
+    path = str(output.path).replace("{name}", name)
+    if isinstance(output.path, GsUri):
+        scratch = str(output.scratch or "runs/{name}").replace("{name}", name)
+        return OutputConfig(GsUri.parse(path), _abs(Path.cwd() / scratch))
+    scratch = output.scratch and _abs(Path.cwd() / str(output.scratch).replace("{name}", name))
+    return OutputConfig(_abs(Path.cwd() / path), scratch)
+
+
+def _where(entry: Location, base: Path) -> str:
+    return str(entry if isinstance(entry, GsUri) else _abs(base / entry))
+
+
+def _located(entry: Location, base: Path, local: Callable[[Path], list[Path]]) -> list[Location]:
+    """What ``entry`` names: ``local(absolute path)`` for a path, the bucket's objects for a
+    gs:// URI (``gcs.expand``); a bucket that cannot be read raises DeepSegError."""
+    if isinstance(entry, GsUri):
+        return list(gcs.expand(entry))
+    return list(local(_abs(base / entry)))
+
+
+def _rasters(entries: tuple[Location, ...], base: Callable, fail: Callable) -> tuple[Location, ...]:
+    """Absolute raster paths (or gs:// URIs) in the order given, each glob's matches sorted,
+    duplicates dropped."""
+    found: dict[Location, None] = {}
     for i, entry in enumerate(entries):
         key = ("input", "rasters", f"[{i}]")
-        path = _abs(base(key) / entry)
-        if any(c in str(path) for c in "*?["):
-            matches = sorted(_abs(Path(p)) for p in glob.glob(str(path), recursive=True))
-            matches = [p for p in matches if p.is_file()]
-            if not matches:
-                raise fail(key, f"expected a glob matching at least one file, got {str(path)!r}")
-        elif path.is_file():
-            matches = [path]
-        else:
-            raise fail(key, f"expected an existing raster file, got {str(path)!r}")
+        where = _where(entry, base(key))
+        try:
+            matches = _located(entry, base(key), _local_rasters)
+        except DeepSegError as exc:
+            raise fail(key, str(exc)) from None
+        if not matches and any(c in where for c in "*?["):
+            raise fail(key, f"expected a glob matching at least one file, got {where!r}")
+        if not matches:
+            raise fail(key, f"expected an existing raster file, got {where!r}")
         found.update(dict.fromkeys(matches))
     return tuple(found)
 
 
-def _model_dir(folder: Path, base: Callable, fail: Callable) -> Path:
-    """The absolute model folder, checked to hold every file in MODEL_FILES."""
+def _local_rasters(path: Path) -> list[Path]:
+    if any(c in str(path) for c in "*?["):
+        return [
+            p
+            for p in sorted(_abs(Path(m)) for m in glob.glob(str(path), recursive=True))
+            if p.is_file()
+        ]
+    return [path] if path.is_file() else []
+
+
+def _model_dir(folder: Location, base: Callable, fail: Callable) -> Location:
+    """The absolute model folder (or gs:// prefix), checked to hold every file in MODEL_FILES."""
     key = ("model", "dir")
+    if isinstance(folder, GsUri):
+        try:
+            present = set(gcs.list_objects(folder))
+        except DeepSegError as exc:
+            raise fail(key, str(exc)) from None
+        for name in MODEL_FILES:
+            if name not in present:
+                raise fail(key, f"expected a model folder holding {name}, missing {folder / name}")
+        return folder
     path = _abs(base(key) / folder)
     if not path.is_dir():
         raise fail(key, f"expected an existing model folder, got {str(path)!r}")

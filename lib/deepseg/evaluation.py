@@ -86,9 +86,9 @@ def _region_rasters(exp: Experiment, paths: RunPaths) -> dict[str, tuple[Path, P
     names = list(exp.regions) or [DEFAULT_REGION]
     rasters = {name: (paths.region_prob(name), paths.region_binary(name)) for name in names}
     for path in (p for pair in rasters.values() for p in pair):
-        if not path.exists():
-            raise DeepSegError(f"{path}: missing; run merge.py first")
-    return rasters
+        if not paths.done(path):
+            raise DeepSegError(f"{paths.show(path)}: missing; run merge.py first")
+    return {n: (paths.local(p), paths.local(b)) for n, (p, b) in rasters.items()}
 
 
 def _in_scope(frame: gpd.GeoDataFrame, finder: PointFinder) -> gpd.GeoDataFrame:
@@ -112,10 +112,10 @@ def _read_inputs(
     exp: Experiment, settings: EvaluateConfig, paths: RunPaths
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, shapely.Geometry | None]:
     """References, predicted polygons and the AOI (one prepared geometry, or None)."""
-    if not paths.polygons.exists():
-        raise DeepSegError(f"{paths.polygons}: missing; run vectorize.py first")
+    if not paths.done(paths.polygons):
+        raise DeepSegError(f"{paths.show(paths.polygons)}: missing; run vectorize.py first")
     reference = read_polygons(settings.reference, settings.reference_layer, exp.crs, "reference")
-    predicted = read_polygons(paths.polygons, PREDICTION_LAYER, exp.crs, "predicted")
+    predicted = read_polygons(paths.local(paths.polygons), PREDICTION_LAYER, exp.crs, "predicted")
     aoi = None
     if settings.aoi is not None:
         aoi = shapely.union_all(read_polygons(settings.aoi, None, exp.crs, "aoi").geometry.values)

@@ -20,12 +20,15 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .outputs import RunPaths, atomic_path
+from .outputs import RunPaths, atomic_path, publish
+
+PUBLISH_EVERY_S = 30.0  # a gs:// run uploads a worker's journal at most this often (and at end)
 
 Status = Literal["running", "done", "failed"]
 
@@ -63,6 +66,7 @@ class Journal:
         self.path = paths.logs / "manifest" / stage / f"{self.worker}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._ids = {"host": socket.gethostname(), **slurm_ids()}
+        self._published = time.monotonic()
 
     def record(self, unit: str, status: Status, **fields: Any) -> None:
         """Append one record and make it durable before returning."""
@@ -79,6 +83,14 @@ class Journal:
             fh.write(json.dumps(line, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if time.monotonic() - self._published > PUBLISH_EVERY_S:
+            self.close()
+
+    def close(self) -> None:
+        """Publish the journal (to the bucket of a gs:// run; nothing to do locally)."""
+        if self.path.exists():
+            publish(self.path)
+        self._published = time.monotonic()
 
 
 @dataclass
@@ -113,9 +125,11 @@ def _journal_lines(folder: Path) -> Iterable[dict[str, Any]]:
 
 
 def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
-    """One state per unit from every journal of ``stage``: the latest record wins."""
+    """One state per unit from every journal of ``stage`` (in a gs:// run, every worker's,
+    from the bucket): the latest record wins."""
+    folder = paths.local_folder(paths.logs / "manifest" / stage, ".jsonl")
     states: dict[str, UnitState] = {}
-    for rec in sorted(_journal_lines(paths.logs / "manifest" / stage), key=lambda r: r["time"]):
+    for rec in sorted(_journal_lines(folder), key=lambda r: r["time"]):
         state = states.setdefault(rec["unit"], UnitState(rec["unit"], rec["status"]))
         state.status = rec["status"]
         for key in ("run", "worker", "host", "slurm_job", "slurm_array_job", "slurm_array_task"):

@@ -174,7 +174,7 @@ class MergeWorker:
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
         self.grid = TileGrid.from_experiment(exp)
-        self.index = StoreIndex.of_run(RunPaths.of(exp))
+        self.index = StoreIndex.local(RunPaths.of(exp))
         self.boxes = regions(exp, self.grid, self.index)
         self.threshold = merge_threshold(exp, self.index.threshold)
 

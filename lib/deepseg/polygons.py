@@ -31,7 +31,7 @@ from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
 from .calibration import merge_threshold
 from .config import Experiment
 from .grid import TileGrid
-from .outputs import RunPaths, atomic_path, finished_files
+from .outputs import RunPaths, atomic_path
 from .pieces import chunk_footprint, chunk_pieces
 from .progress import progress
 from .runner import Stage, UnitResult, run
@@ -76,7 +76,7 @@ class VectorizeWorker:
         self.exp = exp
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
-        self.index = StoreIndex.of_run(self.paths)
+        self.index = StoreIndex.local(self.paths)
         self.threshold = merge_threshold(exp, self.index.threshold)
 
     def run(self, unit: str) -> UnitResult:
@@ -227,11 +227,11 @@ def gather(exp: Experiment, redo: bool) -> dict[str, int]:
         return {}
     grid, index = TileGrid.from_experiment(exp), StoreIndex.of_run(paths)
     boxes, scales = _region_geoms(exp, grid, index), index.scales
-    files = finished_files(paths.pieces, ".fgb")
+    files = paths.finished(paths.pieces, ".fgb")
     written, open_parts, footprints = 0, [], []
     with atomic_path(paths.polygons) as tmp:
         for path in progress(files, len(files), "vectorize: gathering chunks", log):
-            pieces, footprint = read_pieces(path)
+            pieces, footprint = read_pieces(paths.local(path))
             footprints.append({"chunk_id": path.stem, "geometry": footprint})
             open_parts.append(pieces[pieces["open"]])
             written += _append(tmp, finalize(pieces[~pieces["open"]], exp, boxes, scales), written)

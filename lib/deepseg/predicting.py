@@ -24,11 +24,12 @@ from .grid import TileGrid
 from .inference import BatchSize, predict_chunk
 from .manifest import fold
 from .model import WEIGHTS, load_model, read_model_card
-from .outputs import RunPaths
+from .outputs import RunPaths, publish
 from .runlog import update_run_log
 from .runner import Event, Stage, UnitResult, run
+from .storage import local_model_dir, model_hashes
 from .stores import TileStore
-from .tiling import read_tile_list, tiling_units
+from .tiling import listed_tiles, tiling_units
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,17 @@ def predict_units(exp: Experiment) -> list[str]:
 
 def _check(exp: Experiment) -> None:
     """Refuse a model folder or setting that cannot work, before anything is written."""
-    read_model_card(exp.model.dir, len(exp.input.bands))
+    read_model_card(local_model_dir(exp), len(exp.input.bands))
 
 
 def _prepare(exp: Experiment) -> None:
     """Record in the run log which model, statistics and settings this run uses."""
-    card = read_model_card(exp.model.dir, len(exp.input.bands))
+    model_dir = local_model_dir(exp)
+    card = read_model_card(model_dir, len(exp.input.bands))
     update_run_log(
         RunPaths.of(exp),
         model_checkpoint=str(exp.model.dir / WEIGHTS),
+        model_files=model_hashes(model_dir),
         model_version=str(card.config.get("model_version", "unknown")),
         normalization_stats_hash=card.stats_md5,
         threshold=merge_threshold(exp, card.threshold),
@@ -79,13 +82,14 @@ class PredictWorker:
         self.exp = exp
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
-        self.model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)
+        model_dir = local_model_dir(exp)
+        self.model = load_model(model_dir, len(exp.input.bands), exp.inference.device)
         if self.model.device.type == "cuda":  # convolutions run fastest channels-last there
             self.model.network = self.model.network.to(memory_format=torch.channels_last)
         if exp.inference.compile:
             self.model.network = torch.compile(self.model.network)
         self.threshold = merge_threshold(exp, self.model.threshold)
-        self.listed = read_tile_list(exp.grid.tile_list, self.grid) if exp.grid.tile_list else None
+        self.listed = listed_tiles(exp, self.grid)
         self.staged = fold(self.paths, "create_tiles")
         self.batch_size = BatchSize(exp.inference.batch_size)
         workers = exp.inference.io_workers
@@ -100,7 +104,8 @@ class PredictWorker:
             while True:
                 while len(reads) < io.depth and (unit := next(pending, None)) is not None:
                     source = self.paths.tile_store(unit)
-                    reads.append((unit, io.read(source) if source.exists() else None))
+                    staged = self.paths.done(source)
+                    reads.append((unit, io.read(source, self.paths.local) if staged else None))
                 if not reads:
                     break
                 unit, future = reads.popleft()
@@ -150,6 +155,7 @@ class PredictWorker:
             self.exp.inference.scales,
         )
         counts = {
+            "chunks_written": 1,
             "tiles": len(store.tiles),
             "tiles_with_detection": pred.tiles_with_detection,
             "values_clipped": pred.out_of_range,
@@ -161,7 +167,9 @@ class PredictWorker:
             info = future.result()
         except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
             return "failed", unit, exc
-        return "done", unit, UnitResult([self.paths.prob_store(unit)], counts, info)
+        target = self.paths.prob_store(unit)
+        publish(target)  # a store written in a background process was not handed over there
+        return "done", unit, UnitResult([target], counts, info)
 
 
 STAGE = Stage(

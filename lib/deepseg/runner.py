@@ -97,9 +97,9 @@ def is_done(
 ) -> bool:
     """See the module docstring."""
     if state is not None and state.status == "done" and (not force or state.run == run_id):
-        recorded = all((paths.root / out).exists() for out in state.outputs)
-        return recorded and (not state.outputs or all(p.exists() for p in expected))
-    return not force and bool(expected) and all(p.exists() for p in expected)
+        recorded = all(paths.done(paths.root / out) for out in state.outputs)
+        return recorded and (not state.outputs or all(paths.done(p) for p in expected))
+    return not force and bool(expected) and all(paths.done(p) for p in expected)
 
 
 def pending_units(
@@ -149,6 +149,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
                 ) from payload
     finally:
         stream.close()  # a pipelining worker stops its background I/O
+        journal.close()
     return failed
 
 
@@ -177,8 +178,9 @@ def select_shard(units: list[str], shard: tuple[int, int] | None) -> list[str]:
     return units[index::count]
 
 
-def summarize(stage: Stage, exp: Experiment, units: Sequence[str]) -> dict[str, Any]:
-    """Fold the journals, write the manifest and count done / failed / pending units."""
+def summarize(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str) -> dict[str, Any]:
+    """Fold the journals, write the manifest and count done / failed / pending units; the
+    units' counts are summed over those done by this invocation (``run_id``)."""
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
     manifest = write_manifest(paths, stage.name, states)
@@ -186,7 +188,7 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str]) -> dict[str, 
     failed = [s for s in selected if s is not None and s.status == "failed"]
     done = [s for s in selected if s is not None and s.status == "done"]
     counts: dict[str, Any] = {}
-    for state in done:
+    for state in (s for s in done if s.run == run_id):
         for key, value in state.counts.items():
             if isinstance(value, (int, float)):
                 counts[key] = counts.get(key, 0) + value
@@ -204,10 +206,15 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str]) -> dict[str, 
 def run(
     stage: Stage, exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None
 ) -> dict[str, Any]:
-    """Run one stage for ``exp`` with its executor; raise DeepSegError if a unit failed."""
+    """Run one stage for ``exp`` with its executor; raise DeepSegError if a unit failed.
+
+    Returns the summary: ``units``, ``skipped`` (done before), ``done``, ``failed`` (unit
+    ids), ``pending``, ``manifest`` (path), ``errors`` and ``counts`` (what this run did).
+    """
     from .executors import EXECUTORS  # the Slurm executor imports this module
 
     paths = RunPaths.of(exp)
+    paths.refresh()  # other workers may have finished units since this process last looked
     if stage.check is not None:
         stage.check(exp)
     units = select_shard(stage.units(exp), shard)
@@ -228,7 +235,8 @@ def run(
     with record_stage(paths, stage.name, entry):
         if todo:
             EXECUTORS[exp.cluster.executor](stage, exp, todo, run_id, force)
-        summary = summarize(stage, exp, units)
+        summary = summarize(stage, exp, units, run_id)
+        summary["skipped"] = entry["skipped"]
         entry.update(done=summary["done"], failed=len(summary["failed"]), **summary["counts"])
         _report(stage, summary)
         if stage.finish is not None and (shard is None or not _unfinished(stage, exp, run_id)):

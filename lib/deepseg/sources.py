@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
+from .storage import readable_rasters
 
 log = logging.getLogger(__name__)
 LATTICE_TOLERANCE_PX = 1e-6
@@ -45,7 +46,7 @@ class InputRaster:
 
 def open_inputs(exp: Experiment, grid: TileGrid) -> list[InputRaster]:
     """Open and check every input raster; a broken one stops with a line naming it."""
-    inputs = [_describe(path, exp, grid) for path in exp.input.rasters]
+    inputs = [_describe(path, exp, grid) for path in readable_rasters(exp)]
     dtypes = {r.dtype for r in inputs}
     if len(dtypes) > 1:
         names = ", ".join(f"{r.path.name}={r.dtype}" for r in inputs)

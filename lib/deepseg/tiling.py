@@ -20,6 +20,7 @@ from .outputs import RunPaths
 from .runlog import write_resolved_experiment
 from .runner import Stage, UnitResult, run
 from .sources import InputRaster, open_inputs, read_box
+from .storage import local_file
 from .stores import TileTable, write_tile_store
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def read_tile_list(path: Path, grid: TileGrid) -> set[tuple[int, int]]:
             )
         tiles.add(col_row)
     return tiles
+
+
+def listed_tiles(exp: Experiment, grid: TileGrid) -> set[tuple[int, int]] | None:
+    """The tiles of ``grid.tile_list`` (a gs:// list is copied to the cache first), or None."""
+    if exp.grid.tile_list is None:
+        return None
+    return read_tile_list(local_file(exp, exp.grid.tile_list), grid)
 
 
 def candidate_chunks(
@@ -122,7 +130,7 @@ def tiling_units(exp: Experiment) -> list[str]:
     """Ids of the chunks that may hold tiles (a tile over an input, listed if a list is set)."""
     grid = TileGrid.from_experiment(exp)
     inputs = open_inputs(exp, grid)
-    listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
+    listed = listed_tiles(exp, grid)
     chunks = candidate_chunks(inputs, grid, listed)
     log.info(
         "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px)",
@@ -143,7 +151,7 @@ class TilingWorker:
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
         self.inputs = open_inputs(exp, self.grid)
-        self.listed = read_tile_list(exp.grid.tile_list, self.grid) if exp.grid.tile_list else None
+        self.listed = listed_tiles(exp, self.grid)
 
     def run(self, unit: str) -> UnitResult:
         """Write the chunk's tile store, or none (removing an older one) when it has no tiles."""
