@@ -12,8 +12,8 @@ by their pid files and stopped first. A file lock keeps two sessions from sharin
 Settings follow measurements on a 2-core container without systemd or cgroups: linuxproc
 process tracking, no task plugin, short scheduler/credential/kill delays (a requeued job
 restarts ~cred_expire + 1 s later; submitit ignores SIGTERM, so a cancelled task dies at
-SIGKILL, KillWait later), MaxArraySize=1001 (a common site cap), and 2 fake GPUs (placeholder
-device files) so that GPU requests can be scheduled on a machine without any.
+SIGKILL, KillWait later), MaxArraySize=1001 (a common site cap), and 2 fake GPUs (character
+devices twinning /dev/null) so that GPU requests are scheduled on a machine without any.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from submitit.slurm.slurm import SlurmJob
 
 from slurm_daemons import (
     DAEMONS,
+    MARIADBD,
     PACKAGES,
     SCRATCH,
     log_tail,
@@ -47,16 +50,17 @@ LOCK_WAIT_S = 600
 SUBMITIT_POLL_S = 2  # submitit's sacct back-off (default up to 600 s) and result wait (15 s)
 
 
+@dataclass(frozen=True)
 class SlurmCluster:
-    """What tests need from the running cluster: names, paths and polling helpers."""
+    """What tests need from the running cluster: names, paths and polling helpers. The
+    daemon logs' tails are attached to the report of any failed test that uses it."""
 
-    def __init__(self, partition: str, node: str, cpus: int, gpus: int, scratch: Path) -> None:
-        self.partition = partition
-        self.node = node
-        self.cpus = cpus
-        self.gpus = gpus
-        self.scratch = scratch
-        self.logs = {d.name: d.log for d in DAEMONS}
+    partition: str
+    node: str
+    cpus: int
+    gpus: int
+    scratch: Path = SCRATCH
+    logs: dict[str, Path] = field(default_factory=lambda: {d.name: d.log for d in DAEMONS})
 
     def run(
         self, args: list[str], check: bool = True, timeout: float = 60
@@ -64,10 +68,7 @@ class SlurmCluster:
         """Run a Slurm client command; with ``check``, a non-zero exit fails the test."""
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()}\n"
-                + self.log_tails()
-            )
+            raise AssertionError(f"{' '.join(args)} exited {done.returncode}: {done.stderr}")
         return done
 
     def accounting_states(self, job_id: str) -> dict[str, str]:
@@ -93,8 +94,7 @@ class SlurmCluster:
                 return states
             time.sleep(0.5)
         raise AssertionError(
-            f"job {job_id}: not {records} record(s) {state} in sacct after {timeout} s: {states}\n"
-            + self.log_tails()
+            f"job {job_id}: not {records} record(s) {state} in sacct after {timeout} s: {states}"
         )
 
     def executor(self, folder: Path, **parameters: object) -> submitit.AutoExecutor:
@@ -109,25 +109,26 @@ class SlurmCluster:
         while not job.done():
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"submitit job {job.job_id} not done after {timeout} s (state {job.state})\n"
-                    + self.log_tails()
+                    f"submitit job {job.job_id} not done after {timeout} s (state {job.state})"
                 )
-            time.sleep(0.5)
-
-    def cancel_all_jobs(self, timeout: float = 30) -> None:
-        """Cancel every job and wait until the queue is empty (no orphaned slurmstepd)."""
-        ids = self.run(["squeue", "-h", "-o", "%A"], check=False).stdout.split()
-        if ids:
-            self.run(["scancel", *ids], check=False)
-        deadline = time.monotonic() + timeout
-        while self.run(["squeue", "-h", "-o", "%A"], check=False).stdout.strip():
-            if time.monotonic() > deadline:
-                break
             time.sleep(0.5)
 
     def log_tails(self, lines: int = 15) -> str:
         """The last lines of every daemon log, to print when something fails."""
         return "\n".join(f"--- {path} ---\n{log_tail(path, lines)}" for path in self.logs.values())
+
+
+def cancel_all_jobs(timeout: float = 30) -> None:
+    """Cancel every job and wait until the queue is empty (no orphaned slurmstepd)."""
+    queue = ["squeue", "-h", "-o", "%A"]
+    ids = subprocess.run(queue, capture_output=True, text=True, timeout=30).stdout.split()
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not subprocess.run(queue, capture_output=True, text=True, timeout=30).stdout.strip():
+            return
+        time.sleep(0.5)
 
 
 def skip_reason() -> str | None:
@@ -136,8 +137,9 @@ def skip_reason() -> str | None:
         return f"a real Slurm needs Linux (this is {sys.platform})"
     if os.geteuid() != 0:
         return f"starting slurmctld/slurmd/munged needs root (running as uid {os.geteuid()})"
-    if missing_packages() and shutil.which("apt-get") is None:
-        return f"packages {' '.join(missing_packages())} are missing and there is no apt-get"
+    missing = missing_packages()
+    if missing and shutil.which("apt-get") is None:
+        return f"packages {' '.join(missing)} are missing and there is no apt-get"
     return None
 
 
@@ -179,26 +181,31 @@ def install_packages() -> None:
         pytest.skip(f"apt-get install {' '.join(missing)} failed: {tail}")
 
 
-def hold_lock() -> int:
-    """Take the machine-wide lock, waiting for another test session that holds it."""
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the machine-wide lock, waiting for another test session that holds it (the
+    kernel drops it when a session dies, so a crash leaves no stale lock)."""
     fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                pytest.skip(f"another test session held {LOCK_FILE} for {LOCK_WAIT_S} s")
-            time.sleep(1)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"another test session held {LOCK_FILE} for {LOCK_WAIT_S} s")
+                time.sleep(1)
+        yield
+    finally:
+        os.close(fd)
 
 
 def stop_leftovers() -> None:
     """Stop daemons a killed session left behind (found by their pid files under SCRATCH),
     cancelling its jobs first when its slurmctld still answers, then wipe SCRATCH."""
     if any(d.running_pid() for d in DAEMONS) and Path("/etc/slurm/slurm.conf").exists():
-        SlurmCluster("", "", 0, 0, SCRATCH).cancel_all_jobs(timeout=15)
+        cancel_all_jobs(timeout=15)
     for daemon in reversed(DAEMONS):
         stop_daemon(daemon)
     shutil.rmtree(SCRATCH, ignore_errors=True)
@@ -209,7 +216,7 @@ def bring_up(gpus: int = 2) -> SlurmCluster:
     node = socket.gethostname().split(".")[0]
     cpus = max(4, os.cpu_count() or 1)
     memory_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
-    cluster = SlurmCluster("debug", node, cpus, gpus, SCRATCH)
+    cluster = SlurmCluster("debug", node, cpus, gpus)
     try:
         write_configs(node, cpus, int(memory_mb * 0.9), gpus, cluster.partition)
     except OSError as error:
@@ -225,22 +232,25 @@ def tear_down(cluster: SlurmCluster | None) -> None:
     """Cancel jobs, stop every daemon (slurmd first, munged last), remove the configs and
     the database; the logs stay in SCRATCH until the next session."""
     if cluster is not None:
-        cluster.cancel_all_jobs()
+        cancel_all_jobs()
     for daemon in reversed(DAEMONS):
         stop_daemon(daemon)
     for name in ("slurm.conf", "slurmdbd.conf", "gres.conf"):
         Path("/etc/slurm", name).unlink(missing_ok=True)
-    shutil.rmtree(SCRATCH / "mariadb" / "data", ignore_errors=True)
+    shutil.rmtree(MARIADBD.folder / "data", ignore_errors=True)
 
 
-def faster_submitit_polling() -> dict[str, float]:
-    """Lower submitit's private poll delays (pinned: submitit 1.5.x); returns the old ones."""
+@contextmanager
+def faster_submitit_polling() -> Iterator[None]:
+    """Lower submitit's private poll delays (hence submitit pinned to 1.5.x) while inside."""
     if not hasattr(SlurmJob.watcher, "_delay_s") or not hasattr(SlurmJob, "_results_timeout_s"):
         raise AssertionError(f"submitit {submitit.__version__} renamed its private poll delays")
-    old = {"delay": SlurmJob.watcher._delay_s, "results": SlurmJob._results_timeout_s}
-    SlurmJob.watcher._delay_s = SUBMITIT_POLL_S
-    SlurmJob._results_timeout_s = SUBMITIT_POLL_S
-    return old
+    old = SlurmJob.watcher._delay_s, SlurmJob._results_timeout_s
+    SlurmJob.watcher._delay_s = SlurmJob._results_timeout_s = SUBMITIT_POLL_S
+    try:
+        yield
+    finally:
+        SlurmJob.watcher._delay_s, SlurmJob._results_timeout_s = old
 
 
 @pytest.fixture(scope="session")
@@ -249,30 +259,26 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    lock = hold_lock()
-    try:
+    with machine_lock():
         stop_leftovers()
         install_packages()
         started = time.monotonic()
         cluster = bring_up()
         print(f"slurm_cluster: up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        old = faster_submitit_polling()
         try:
-            yield cluster
+            with faster_submitit_polling():
+                yield cluster
         finally:
-            SlurmJob.watcher._delay_s, SlurmJob._results_timeout_s = old.values()
             started = time.monotonic()
             tear_down(cluster)
             print(f"slurm_cluster: down in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    finally:
-        os.close(lock)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Attach the daemon logs' tails to the report of a failed test that used the cluster."""
-    report = yield
+    outcome = yield
+    report = outcome.get_result()
     cluster = getattr(item, "funcargs", {}).get("slurm_cluster")
     if report.failed and isinstance(cluster, SlurmCluster):
         report.sections.append(("Slurm daemon logs", cluster.log_tails(30)))
-    return report
