@@ -12,6 +12,8 @@ import torch
 import yaml
 from affine import Affine
 
+pytest_plugins = ["slurm_cluster"]  # the session fixture `slurm_cluster`: a real one-node Slurm
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ORIGIN = (-4000100.0, 4100100.0)
