@@ -102,9 +102,11 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model folder (holding ``MODEL_FILES``)."""
+    """The model folder (holding ``MODEL_FILES``) and, optionally, the ``data_version`` its
+    ``normalization_stats.json`` must name (checked by ``model.read_model_card``)."""
 
     dir: ModelDir
+    expected_data_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -491,7 +493,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         output=OutputConfig(_abs(output)),
         input=dataclasses.replace(exp.input, rasters=_rasters(exp.input.rasters, base, fail)),
         grid=grid,
-        model=ModelConfig(_model_dir(exp.model.dir, base, fail)),
+        model=dataclasses.replace(exp.model, dir=_model_dir(exp.model.dir, base, fail)),
     )
 
 
