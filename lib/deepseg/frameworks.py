@@ -100,7 +100,8 @@ def read_darts_checkpoint(weights: Path) -> tuple[dict[str, Any], dict[str, torc
     if isinstance(checkpoint, dict) and "statedict" in checkpoint:
         config, state = checkpoint.get("config"), checkpoint["statedict"]
     elif isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        config = (checkpoint.get("hyper_parameters") or {}).get("config")
+        hyper = checkpoint.get("hyper_parameters")
+        config = hyper.get("config") if isinstance(hyper, dict) else None
         state = dict(checkpoint["state_dict"])
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "model.")
     else:
@@ -182,8 +183,12 @@ class OnnxNetwork(torch.nn.Module):
 
 def _load_onnx(weights: Path, config: dict[str, Any]) -> torch.nn.Module:
     ort = _require("onnxruntime", "onnx", weights)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # torch's limit (OMP_NUM_THREADS)
     try:
-        session = ort.InferenceSession(str(weights), providers=ort.get_available_providers())
+        session = ort.InferenceSession(
+            str(weights), options, providers=ort.get_available_providers()
+        )
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors derive from Exception only
         raise DeepSegError(f"{weights}: ONNX Runtime cannot load it ({brief(exc)})") from exc
     return OnnxNetwork(session, weights)
