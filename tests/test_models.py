@@ -184,6 +184,28 @@ def test_onnx_fixed_sizes_are_served_or_refused_by_name(tmp_path):
     refused(lambda: load_model(folder4, 4, "cpu"), "got 1 x 4 x 16 x 16; set input.bands")
 
 
+class TwoInputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+def test_onnx_files_it_cannot_run_are_refused_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(TwoInputs(), (torch.zeros(1, 3, 4, 4),) * 2, buffer, dynamo=False)
+    cases = {
+        "two": (buffer.getvalue(), "expected an ONNX model with one N x C x H x W float input"),
+        "bad": (torchscript_bytes(known_conv(1)), "ONNX Runtime cannot load it ("),
+    }
+    for name, (weights, fragment) in cases.items():
+        folder = model_folder(tmp_path / name, "onnx", weights)
+        refused(lambda f=folder: load_model(f, 3, "cpu"), str(folder / "best_model.pth"), fragment)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if absent
+    refused(lambda: load_model(folder, 3, "cpu"), "pip install 'deepseg[onnx]'")
+
+
 def test_onnx_model_through_predict_equals_the_pixelwise_model(tmp_path):
     """The ONNX runtime inside the predict stage: a pixelwise model's merged probability is
     sigmoid(logit) of each pixel's own normalized value, whatever tiles cover it."""
