@@ -135,3 +135,15 @@ def test_tile_list_from_another_grid_is_refused(tmp_path, model_dir):
     )
     assert "another grid.origin, tile_size or stride" in line
     assert not (tmp_path / "out" / "tiles").exists()
+
+
+def test_model_trained_on_other_data_is_refused_before_any_work(tmp_path, model_dir):
+    exp = write_experiment(
+        tmp_path, [scene(tmp_path)], model_dir, model={"expected_data_version": "planet-2025"}
+    )
+    assert run_script("create_tiles.py", exp).returncode == 0
+    line = assert_one_line_error(
+        run_script("predict.py", exp), "normalization_stats.json", "planet-2025", "test"
+    )
+    assert "data_version" in line
+    assert not (tmp_path / "out" / "predictions").exists()

@@ -115,9 +115,11 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model folder (holding ``MODEL_FILES``)."""
+    """The model folder (holding ``MODEL_FILES``) and, optionally, the ``data_version`` its
+    ``normalization_stats.json`` must name (checked by ``model.read_model_card``)."""
 
     dir: ModelDir
+    expected_data_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -534,7 +536,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             and _abs(base(("input", "cache_dir")) / exp.input.cache_dir),
         ),
         grid=grid,
-        model=ModelConfig(_model_dir(exp.model.dir, base, fail)),
+        model=dataclasses.replace(exp.model, dir=_model_dir(exp.model.dir, base, fail)),
         evaluate=_evaluate_files(exp.evaluate, base),
     )
 

@@ -45,18 +45,19 @@ def predict_units(exp: Experiment) -> list[str]:
 
 def _check(exp: Experiment) -> None:
     """Refuse a model folder or setting that cannot work, before anything is written."""
-    read_model_card(local_model_dir(exp), len(exp.input.bands))
+    read_model_card(local_model_dir(exp), len(exp.input.bands), exp.model.expected_data_version)
 
 
 def _prepare(exp: Experiment) -> None:
     """Record in the run log which model, statistics and settings this run uses."""
     model_dir = local_model_dir(exp)
-    card = read_model_card(model_dir, len(exp.input.bands))
+    card = read_model_card(model_dir, len(exp.input.bands), exp.model.expected_data_version)
     update_run_log(
         RunPaths.of(exp),
         model_checkpoint=str(exp.model.dir / WEIGHTS),
         model_files=model_hashes(model_dir),
         model_version=str(card.config.get("model_version", "unknown")),
+        model_data_version=card.data_version,
         normalization_stats_hash=card.stats_md5,
         threshold=merge_threshold(exp, card.threshold),
         scales_used=list(exp.inference.scales),
@@ -83,7 +84,13 @@ class PredictWorker:
         self.grid = TileGrid.from_experiment(exp)
         self.paths = RunPaths.of(exp)
         model_dir = local_model_dir(exp)
-        self.model = load_model(model_dir, len(exp.input.bands), exp.inference.device)
+        self.model = load_model(
+            model_dir,
+            len(exp.input.bands),
+            exp.inference.device,
+            expected_data_version=exp.model.expected_data_version,
+            tile_size=exp.grid.tile_size,
+        )
         if self.model.device.type == "cuda":  # convolutions run fastest channels-last there
             self.model.network = self.model.network.to(memory_format=torch.channels_last)
         if exp.inference.compile:
