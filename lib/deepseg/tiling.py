@@ -128,6 +128,9 @@ def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
     inputs = open_inputs(exp, grid)
     listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
     chunks = candidate_chunks(inputs, grid, listed)
+    names = tuple(
+        d or f"band {b}" for d, b in zip(inputs[0].descriptions, exp.input.bands, strict=True)
+    )
     if chunks:
         write_resolved_experiment(exp, paths)
     log.info(
@@ -154,7 +157,7 @@ def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
                 target.unlink(missing_ok=True)  # a --force rerun may find an older store
                 continue
             write_tile_store(
-                target, grid, exp.crs, chunk, box, pixels, valid, inputs[0].nodata, tiles
+                target, grid, exp.crs, chunk, box, pixels, valid, inputs[0].nodata, tiles, names
             )
             counts["chunks_written"] += 1
             counts["tiles"] += len(tiles)
