@@ -58,6 +58,11 @@ Scale = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Probability = _rule(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 Bands = _rule(tuple[Count, ...], "a non-empty list of band numbers (1-based)", bool)
 Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
+Formats = _rule(
+    tuple[Literal["cog", "kea"], ...],
+    "a list of formats from cog|kea that includes cog (vectorize reads the COGs)",
+    lambda v: "cog" in v,
+)
 Rasters = _rule(tuple[Path, ...], "at least one raster file or glob", bool)
 ModelDir = _rule(Path, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
 NAME = "^[A-Za-z0-9_-]+$"
@@ -120,10 +125,12 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """How overlapping tiles merge; ``threshold`` None means the model's calibrated one."""
+    """How overlapping tiles merge (``threshold`` None: the model's calibrated one), and the
+    formats the merged rasters are written in."""
 
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | None = None
+    formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
 
 
 @dataclass(frozen=True)

@@ -337,15 +337,14 @@ def halve(pixels: np.ndarray, resampling: Resampling, nodata: float | None) -> n
     """One pyramid step: output pixel (i, j) from the 2 x 2 cell of rows 2i..2i+1 and columns
     2j..2j+1 (cut at the array's edge; odd sizes round up).
 
-    ``nearest`` takes the cell's pixel (2i + 1, 2j + 1), or the last row/column at an odd edge
-    (GDAL's choice for a factor of 2). ``average`` takes the mean of the cell's valid pixels
+    ``nearest`` takes the cell's top-left pixel (2i, 2j), as GDAL's overviews do. ``average``
+    takes the mean of the cell's valid pixels
     (not ``nodata``, not NaN), rounded to the nearest integer for integer types, and ``nodata``
     (0 when unset) where none is valid.
     """
     rows, cols = pixels.shape
     if resampling == "nearest":
-        pick_r, pick_c = np.minimum(np.arange(1, rows + 1, 2), rows - 1), np.arange(1, cols + 1, 2)
-        return pixels[np.ix_(pick_r, np.minimum(pick_c, cols - 1))]
+        return pixels[::2, ::2].copy()
     valid = ~np.isnan(pixels) if pixels.dtype.kind == "f" else np.ones(pixels.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         valid &= pixels != np.asarray(nodata, dtype=pixels.dtype)

@@ -6,21 +6,26 @@ at the threshold, nodata 255, LZW, nearest overviews), both in ``crs`` on the gr
 lattice. Neighbouring probability stores overlap by ``tile_size - stride``; the overlap is
 combined with the rule used inside a chunk (maximum), so the result does not depend on
 ``grid.chunk_tiles``. The region is assembled one chunk core at a time into a tiled GeoTIFF
-(flat memory), which GDAL's COG driver then copies with overviews.
+(flat memory), which GDAL's COG driver then copies with overviews. With ``merge.formats:
+[cog, kea]`` the same cores also go, block by block, into ``{region}_prob.kea`` and
+``{region}_binary.kea`` (``kea.create_raster``; overviews equal to the COGs').
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
+from . import kea
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
@@ -32,6 +37,11 @@ from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
 log = logging.getLogger(__name__)
 BINARY_NODATA = 255
 DEFAULT_REGION = "all"
+# merge.formats kea: (product, dtype, nodata, band description, overview resampling)
+KEA_PRODUCTS = (
+    ("prob", "float32", PROB_NODATA, "probability", "average"),
+    ("binary", "uint8", BINARY_NODATA, "binary", "nearest"),
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,24 @@ def _to_cog(src: Path, target: Path, predictor: str, resampling: str) -> None:
         )
 
 
+def _open_kea_mosaics(
+    stack: ExitStack, exp: Experiment, grid: TileGrid, box: PixelBox, paths: RunPaths, name: str
+) -> list[h5py.File]:
+    """With ``merge.formats: [.., kea]``, the region's KEA probability and binary rasters, open
+    for block writes; on leaving ``stack`` each gets its overviews and is renamed into place."""
+    if "kea" not in exp.merge.formats:
+        return []
+    wkt = CRS.from_user_input(exp.crs).to_wkt(version="WKT1_GDAL")
+    files = []
+    for product, dtype, nodata, description, resampling in KEA_PRODUCTS:
+        info = kea.KeaInfo(
+            box.width, box.height, 1, dtype, grid.transform(box), wkt, (nodata,), (description,)
+        )
+        tmp = stack.enter_context(atomic_path(paths.region_kea(name, product)))
+        files.append(stack.enter_context(kea.create_raster(tmp, info, overviews=resampling)))
+    return files
+
+
 def merge_region(
     exp: Experiment,
     grid: TileGrid,
@@ -149,7 +177,9 @@ def merge_region(
         with (
             rasterio.open(prob_tmp, "w", **_profile(grid, exp, box, "float32", PROB_NODATA)) as p,
             rasterio.open(bin_tmp, "w", **_profile(grid, exp, box, "uint8", BINARY_NODATA)) as b,
+            ExitStack() as stack,
         ):
+            keas = _open_kea_mosaics(stack, exp, grid, box, paths, name)
             cores = _cores(grid, box)
             for window in progress(cores, len(cores), f"merge {name}: chunk cores", log):
                 prob, _ = assemble(grid, index, window)
@@ -159,6 +189,8 @@ def merge_region(
                 win = Window(cols.start, rows.start, window.width, window.height)
                 p.write(prob, 1, window=win)
                 b.write(binary, 1, window=win)
+                for f, array in zip(keas, (prob, binary), strict=False):
+                    kea.write_band(f, 1, array, rows.start, cols.start)
         _to_cog(prob_tmp, paths.region_prob(name), predictor="FLOATING_POINT", resampling="AVERAGE")
         _to_cog(bin_tmp, paths.region_binary(name), predictor="NO", resampling="NEAREST")
     finally:
@@ -175,7 +207,10 @@ def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
     counts = {"regions_written": 0, "regions_skipped": 0}
     with record_stage(paths, "merge", counts):
         for name, box in regions(exp, grid, index).items():
-            done = paths.region_prob(name).exists() and paths.region_binary(name).exists()
+            targets = [paths.region_prob(name), paths.region_binary(name)]
+            if "kea" in exp.merge.formats:
+                targets += [paths.region_kea(name, product) for product, *_ in KEA_PRODUCTS]
+            done = all(path.exists() for path in targets)
             if done and not force:
                 counts["regions_skipped"] += 1
                 continue

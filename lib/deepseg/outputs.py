@@ -4,6 +4,7 @@
     predictions/{chunk}.kea       probability stores (one per chunk)
     merged/{region}_prob.tif      float32 probability COG, nodata -1
     merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
+    merged/{region}_prob.kea, merged/{region}_binary.kea   the same as KEA (merge.formats: kea)
     vectors/rts_predictions.gpkg  polygons
     logs/inference_log.json       what ran, with which model and settings, and how long
     logs/experiment.yaml          the resolved experiment (every default filled in)
@@ -76,6 +77,10 @@ class RunPaths:
 
     def region_binary(self, region: str) -> Path:
         return self.merged / f"{region}_binary.tif"
+
+    def region_kea(self, region: str, product: str) -> Path:
+        """The KEA copy of a merged raster; ``product`` is "prob" or "binary"."""
+        return self.merged / f"{region}_{product}.kea"
 
     @property
     def polygons(self) -> Path:
