@@ -474,3 +474,27 @@ def test_rgb_fixture_crs_is_epsg_3413():
 
     with kea.open_kea(fixture_path("rgb_3413.kea")) as (_, info):
         assert pyproj.CRS.from_wkt(info.crs_wkt).to_epsg() == 3413
+
+
+def _gdal_checksum(band: np.ndarray) -> int:
+    """GDAL's own checksum (``gdalinfo -checksum``) of a 2-D array."""
+    from rasterio.io import MemoryFile
+
+    rows, cols = band.shape
+    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype=band.dtype)
+    with MemoryFile() as memory:
+        with memory.open(**profile, crs="EPSG:3413", transform=Affine(3, 0, 0, 0, -3, 0)) as dst:
+            dst.write(band, 1)
+        with memory.open() as src:
+            return src.checksum(1)
+
+
+def test_fixture_pixels_have_gdals_checksums_and_no_masks():
+    with kea.open_kea(fixture_path("rgb_3413.kea")) as (f, _):
+        assert [_gdal_checksum(kea.read_band(f, b)) for b in (1, 2, 3)] == [19452, 19001, 18932]
+        assert kea.read_mask_window(f, 0, 0, 600, 800, bands=[1, 2, 3]) is None
+        assert all(f[f"BAND{b}/NO_DATA_VAL"].attrs["NO_DATA_DEFINED"].dtype == np.int8
+                   for b in (1, 2, 3))  # fmt: skip
+    with kea.open_kea(fixture_path("prob_float32.kea")) as (f, _):
+        assert _gdal_checksum(kea.read_band(f, 1)) == 55000
+        assert kea.read_mask_window(f, 0, 0, 300, 400, bands=[1]) is None
