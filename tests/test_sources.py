@@ -222,7 +222,7 @@ def test_kea_run_gives_the_same_merged_rasters_as_the_geotiff_run(tmp_path, mode
     assert merged["kea"] == merged["tif"]
     with rasterio.open(tmp_path / "kea" / "out" / "merged" / "all_prob.tif") as src:
         assert src.shape == (600, 780) and (src.read(1) != -1).all()
-        assert src.transform == transform * Affine.translation(1 / 3, -1 / 3)  # the grid's
+        assert src.transform == transform @ Affine.translation(1 / 3, -1 / 3)  # the grid's
 
 
 def test_kea_and_geotiff_inputs_mix_in_one_mosaic(tmp_path, model_dir):
@@ -231,7 +231,7 @@ def test_kea_and_geotiff_inputs_mix_in_one_mosaic(tmp_path, model_dir):
     tif = write_raster(tmp_path / "rgb.tif", rgb, transform)
     left = write_kea(tmp_path / "left.kea", np.ascontiguousarray(rgb[:, :, :400]), transform, 0)
     right = write_raster(
-        tmp_path / "right.tif", rgb[:, :, 400:], transform * Affine.translation(400, 0)
+        tmp_path / "right.tif", rgb[:, :, 400:], transform @ Affine.translation(400, 0)
     )
     on_lattice = {"origin": [-2000100.0 - 3 * 70, 1000100.0 + 3 * 30]}
     exp, grid, whole = inputs_of(tmp_path, [tif], model_dir, grid=on_lattice)
@@ -328,3 +328,24 @@ def test_warped_inputs_without_nodata_keep_their_mask_or_alpha(tmp_path, model_d
         np.testing.assert_array_equal(reads[name][1], reads["3"][1])
     valid = reads["3"][1]
     assert not valid[12:39, 22:69].any() and valid[45:85, 5:115].all()
+
+
+@pytest.mark.parametrize("nodata", [np.nan, None])
+def test_float_input_with_nan_reads_alike_as_kea_and_geotiff(tmp_path, model_dir, nodata):
+    """NaN pixels are invalid, whether NaN is the nodata value or there is none."""
+    rng = np.random.default_rng(9)
+    pixels = rng.random((3, 90, 120)).astype(np.float32)
+    pixels[:, 10:40, 20:70] = np.nan
+    transform = Affine(3.0, 0, -2000100.0, 0, -3.0, 1000100.0)
+    tif = write_raster(tmp_path / "nan.tif", pixels, transform, nodata=nodata)
+    kea_path = write_kea(tmp_path / "nan.kea", pixels, transform, nodata)
+    for origin in ([-2000100.0 - 30, 1000100.0 + 60], [-4000100.0, 4100100.0]):
+        reads = []
+        for path in (tif, kea_path):
+            exp, grid, (raster,) = inputs_of(tmp_path, [path], model_dir, grid={"origin": origin})
+            reads.append(read_box([raster], exp, grid, raster.box))
+        np.testing.assert_array_equal(reads[1][0], reads[0][0])  # NaN where NaN
+        np.testing.assert_array_equal(reads[1][1], reads[0][1])
+        valid = reads[0][1]
+        assert not valid[12:39, 22:69].any() and valid[45:85, 5:115].all()
+        assert not np.isnan(reads[0][0][:, valid]).any()
