@@ -7,6 +7,7 @@ libkea 2.0 writes them, so GDAL's KEA driver reads them. Pixel offsets and sizes
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,9 @@ import numpy as np
 from affine import Affine
 
 from deepseg.errors import DeepSegError
+from deepseg.progress import progress
+
+log = logging.getLogger(__name__)
 
 FILETYPE = "KEA"
 VERSION = "1.1"
@@ -362,30 +366,36 @@ def halve(pixels: np.ndarray, resampling: Resampling, nodata: float | None) -> n
 def build_overviews(f: h5py.File, resampling: Resampling) -> int:
     """Add overviews to every band of a raster that has none: each level half the size of the
     one before (see ``halve``), until the largest side fits in one ``BLOCK_SIZE`` block, as
-    GDAL's COG driver does. Each level is computed block by block from the level before, so
-    memory stays at a few blocks whatever the raster's size. Returns the number of levels."""
+    GDAL's COG driver does. Each level is computed ``OVERVIEW_STEP_PX`` at a time from the
+    level before, so memory stays at a few MB whatever the raster's size; progress is logged
+    with an ETA. Returns the number of levels."""
     info = read_info(f)
-    levels = 0
+    shapes, (rows, cols) = [], (info.height, info.width)
+    while max(rows, cols) > BLOCK_SIZE:
+        rows, cols = (rows + 1) // 2, (cols + 1) // 2
+        shapes.append((rows, cols))
     for band in range(1, info.count + 1):
         if overview_count(f, band):
             raise _fail(f, f"band {band} already has overviews")
-        level, (rows, cols) = 0, (info.height, info.width)
-        while max(rows, cols) > BLOCK_SIZE:
-            level, rows, cols = level + 1, (rows + 1) // 2, (cols + 1) // 2
-            _write_level(f, band, level, (rows, cols), resampling, info.nodata[band - 1])
-        levels = level
-    return levels
+        levels = [_overview(f, band, level, shape) for level, shape in enumerate(shapes, 1)]
+        steps = [
+            (k, r) for k, ov in enumerate(levels) for r in range(0, ov.shape[0], OVERVIEW_STEP_PX)
+        ]
+        what = f"{os.path.basename(f.filename)} band {band}: overview rows"
+        for k, row in progress(steps, len(steps), what, log):
+            below = _data(f, band, k)  # level k - 1 of the pyramid, 0 = the image
+            _halve_rows(below, levels[k], row, resampling, info.nodata[band - 1])
+    return len(shapes)
 
 
-def _write_level(f, band: int, level: int, shape, resampling: Resampling, nodata) -> None:
-    out, below = _overview(f, band, level, shape), _data(f, band, level - 1)
-    step = min(out.chunks[0], OVERVIEW_STEP_PX)
-    for row in range(0, shape[0], step):
-        for col in range(0, shape[1], step):
-            rows = slice(2 * row, min(2 * (row + step), below.shape[0]))
-            cols = slice(2 * col, min(2 * (col + step), below.shape[1]))
-            part = halve(below[rows, cols], resampling, nodata)
-            out[row : row + part.shape[0], col : col + part.shape[1]] = part
+def _halve_rows(below: h5py.Dataset, out: h5py.Dataset, row: int, resampling, nodata) -> None:
+    """Fill ``OVERVIEW_STEP_PX`` rows of ``out`` from ``below``, one square block at a time."""
+    step = OVERVIEW_STEP_PX
+    rows = slice(2 * row, min(2 * (row + step), below.shape[0]))
+    for col in range(0, out.shape[1], step):
+        cols = slice(2 * col, min(2 * (col + step), below.shape[1]))
+        part = halve(below[rows, cols], resampling, nodata)
+        out[row : row + part.shape[0], col : col + part.shape[1]] = part
 
 
 @contextmanager
