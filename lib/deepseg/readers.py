@@ -1,10 +1,12 @@
 """Input raster files, one reader per format behind one interface (``RasterReader``).
 
-``GdalReader`` reads whatever rasterio's GDAL opens (GeoTIFF, VRT, ...) and warps with GDAL's
-``WarpedVRT``. ``KeaReader`` reads KEA files through ``kea`` (rasterio's GDAL has no KEA
-driver); to warp, it copies the window of the file that the target needs, with enough margin
-for every source pixel the resampling kernel reaches, into an in-memory GeoTIFF and warps that
-the GDAL way, so both routes give the same pixels. Windows are in the file's own pixels; warp
+``GdalReader`` reads whatever rasterio's GDAL opens (GeoTIFF, VRT, ...); ``KeaReader`` reads
+KEA files through ``kea`` (rasterio's GDAL has no KEA driver). Both warp through the same
+GDAL route (``_warp``: a ``WarpedVRT``, exact transformer, fixed resampling scale). A KEA
+file gets there as the window the target needs (with the resampling kernel's reach as
+margin), copied into an in-memory GeoTIFF and placed by a VRT with the whole file's size and
+geotransform (``_vrt``), so GDAL computes the same source coordinates, reads the same pixels
+and gives the same result as for the file itself. Windows are in the file's own pixels; warp
 targets are in the grid's CRS and pixels.
 """
 
@@ -127,6 +129,7 @@ class GdalReader:
         return self.src.read_masks(list(bands), window=window).any(axis=0)
 
     def warp(self, bands: Sequence[int], target: WarpTarget) -> tuple[np.ndarray, np.ndarray]:
+        """Warp the file itself, or (no nodata) through a VRT that adds its mask as alpha."""
         if target.nodata is not None:
             return _warp(self.src, bands, target)
         xml = _vrt(self, self.src.name, bands, None)  # with the file's mask as an alpha band
@@ -166,9 +169,8 @@ class KeaReader:
         """Warp the window of the file that ``target`` needs, through the GDAL route.
 
         The window goes into an in-memory GeoTIFF, placed by a VRT with the whole file's size
-        and geotransform: GDAL then computes every source coordinate exactly as for the file
-        itself (a window's own geotransform would round differently), and reads only pixels
-        inside the window. (``rasterio.warp.reproject`` on the array is no option: rasterio
+        and geotransform: a window's own geotransform would make GDAL round source coordinates
+        differently. (``rasterio.warp.reproject`` on the array is no option either: rasterio
         1.4 always gives it an approximate transformer, whose error depends on the target.)
         """
         window = self._source_window(target)
