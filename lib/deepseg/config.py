@@ -68,6 +68,11 @@ Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
 Location = GsUri | Path  # a local path, or gs://bucket/path
 Rasters = _rule(tuple[Location, ...], "at least one raster file or glob", bool)
 ModelDir = _rule(Location, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
+Formats = _rule(
+    tuple[Literal["cog", "kea"], ...],
+    "a list of formats from cog|kea that includes cog",
+    lambda v: "cog" in v,
+)
 NAME = "^[A-Za-z0-9_-]+$"
 RegionName = _rule(
     str, f"a region name matching {NAME} (it becomes a file name)", re.compile(NAME).fullmatch
@@ -143,6 +148,7 @@ class MergeConfig:
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | Literal["calibrated"] | None = None
     products: tuple[Literal["uncertainty", "scales"], ...] = ()
+    formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
 
 
 @dataclass(frozen=True)

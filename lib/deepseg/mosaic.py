@@ -6,6 +6,9 @@ threshold, nodata 255, nearest overviews); with ``merge.products`` also
 ``{region}_uncertainty.tif`` (binary entropy of the fused probability in bits, [0, 1], nodata
 -1) and ``{region}_scales.tif`` (uint8 bit i set where scale i of ``inference.scales`` reached
 the threshold, nodata 255). All in ``crs`` on the grid's pixel lattice, 512 px internal tiles.
+With ``merge.formats: [cog, kea]`` the probability and binary rasters are also written, block
+by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea.create_raster``, with
+overviews equal to the COGs') for RSGISLib/KEA workflows.
 
 Flat memory: the region is assembled window by window (``WINDOW_PX`` square, aligned to the
 output's 512 px blocks so each compressed block is written once) into tiled GeoTIFFs, which
@@ -17,15 +20,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
+from . import kea
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
 from .calibration import merge_threshold
 from .config import Experiment
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 BINARY_NODATA = 255
 WINDOW_PX = 4096  # a multiple of the 512 px block
 GDAL_CACHE_MB = 512
+# merge.formats kea: (layer, band description, overview resampling)
+KEA_LAYERS = (("prob", "probability", "average"), ("binary", "binary", "nearest"))
 
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
@@ -126,32 +134,55 @@ def _to_cog(src: Path, target: Path, layer: Layer) -> None:
         )
 
 
+def _open_kea_mosaics(
+    stack: ExitStack, exp: Experiment, grid: TileGrid, box: PixelBox, region: str
+) -> list[tuple[str, h5py.File]]:
+    """With ``merge.formats: [.., kea]``, the region's KEA rasters open for block writes; on
+    leaving ``stack`` each gets its overviews and is renamed into place."""
+    if "kea" not in exp.merge.formats:
+        return []
+    wkt = CRS.from_user_input(exp.crs).to_wkt(version="WKT1_GDAL")
+    files = []
+    for layer, description, resampling in KEA_LAYERS:
+        spec = LAYERS[layer]
+        info = kea.KeaInfo(
+            box.width, box.height, 1, spec.dtype, grid.transform(box), wkt, (spec.nodata,),
+            (description,),
+        )  # fmt: skip
+        tmp = stack.enter_context(atomic_path(RunPaths.of(exp).region_kea(region, layer)))
+        files.append((layer, stack.enter_context(kea.create_raster(tmp, info, resampling))))
+    return files
+
+
 def merge_region(
     exp: Experiment, grid: TileGrid, index: StoreIndex, name: str, box: PixelBox, threshold: float
 ) -> list[Path]:
-    """Write every layer of region ``name`` (grid-pixel ``box``); returns the COGs written."""
+    """Write every layer of region ``name`` (grid-pixel ``box``); returns the files written."""
     paths = RunPaths.of(exp)
     names = layer_names(exp)
-    targets = merge_outputs(exp, name)
+    targets = [paths.region_layer(name, n) for n in names]
     staging = [partial_path(t.with_suffix(".stage.tif")) for t in targets]
     paths.merged.mkdir(parents=True, exist_ok=True)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            files = [
-                rasterio.open(s, "w", **_profile(grid, exp, box, LAYERS[n]))
-                for s, n in zip(staging, names, strict=True)
-            ]
-            try:
+            with ExitStack() as stack:
+                files = [
+                    stack.enter_context(
+                        rasterio.open(s, "w", **_profile(grid, exp, box, LAYERS[n]))
+                    )
+                    for s, n in zip(staging, names, strict=True)
+                ]
+                keas = _open_kea_mosaics(stack, exp, grid, box, name)
                 parts = windows(box)
                 for window in progress(parts, len(parts), f"merge {name}: windows", log):
                     prob, hits = assemble(grid, index, window)
+                    arrays = {n: LAYERS[n].compute(prob, hits, threshold) for n in names}
                     rows, cols = window.slices_in(box)
                     win = Window(cols.start, rows.start, window.width, window.height)
                     for f, n in zip(files, names, strict=True):
-                        f.write(LAYERS[n].compute(prob, hits, threshold), 1, window=win)
-            finally:
-                for f in files:
-                    f.close()
+                        f.write(arrays[n], 1, window=win)
+                    for layer, f in keas:
+                        kea.write_band(f, 1, arrays[layer], rows.start, cols.start)
             for s, t, n in zip(staging, targets, names, strict=True):
                 _to_cog(s, t, LAYERS[n])
     finally:
@@ -188,13 +219,17 @@ class MergeWorker:
             self.grid.resolution,
             self.threshold,
         )
-        written = merge_region(self.exp, self.grid, self.index, unit, box, self.threshold)
+        merge_region(self.exp, self.grid, self.index, unit, box, self.threshold)
+        written = merge_outputs(self.exp, unit)
         return UnitResult(written, {"regions_written": 1, "pixels": box.width * box.height})
 
 
 def merge_outputs(exp: Experiment, region: str) -> list[Path]:
-    """The COGs region ``region`` gets under the current ``merge.products``."""
-    return [RunPaths.of(exp).region_layer(region, n) for n in layer_names(exp)]
+    """The files region ``region`` gets under the current ``merge.products`` and ``formats``."""
+    paths = RunPaths.of(exp)
+    kea_files = [paths.region_kea(region, n) for n, *_ in KEA_LAYERS]
+    cogs = [paths.region_layer(region, n) for n in layer_names(exp)]
+    return cogs + (kea_files if "kea" in exp.merge.formats else [])
 
 
 STAGE = Stage(

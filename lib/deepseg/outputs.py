@@ -5,6 +5,7 @@
     merged/{region}_prob.tif      float32 probability COG, nodata -1
     merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
     merged/{region}_{product}.tif optional products (merge.products)
+    merged/{region}_prob.kea, merged/{region}_binary.kea   the same as KEA (merge.formats: kea)
     vectors/rts_predictions.gpkg  polygons (layer rts_predictions) and layer footprints
     vectors/pieces/{chunk}.fgb    per chunk: polygon pieces and footprint (FlatGeobuf)
     logs/inference_log.json       what ran, with which model and settings, and how long
@@ -150,6 +151,10 @@ class RunPaths:
 
     def region_binary(self, region: str) -> Path:
         return self.region_layer(region, "binary")
+
+    def region_kea(self, region: str, product: str) -> Path:
+        """The KEA copy of a merged raster; ``product`` is "prob" or "binary"."""
+        return self.merged / f"{region}_{product}.kea"
 
     @property
     def polygons(self) -> Path:

@@ -117,9 +117,13 @@ def write_tile_store(
     valid: np.ndarray,
     nodata: float | None,
     tiles: TileTable,
+    descriptions: tuple[str, ...] = (),
 ) -> None:
-    """Write a tile store atomically (temporary name, then rename)."""
-    descriptions = tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
+    """Write a tile store atomically (temporary name, then rename).
+
+    ``descriptions`` name the bands (e.g. the input's "red"); default "band 1", "band 2", ...
+    """
+    descriptions = descriptions or tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
     info = _kea_info(grid, box, crs, pixels.dtype, pixels.shape[0], nodata, descriptions)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -152,6 +152,8 @@ class TilingWorker:
         self.paths = RunPaths.of(exp)
         self.inputs = open_inputs(exp, self.grid)
         self.listed = listed_tiles(exp, self.grid)
+        bands = zip(self.inputs[0].descriptions, exp.input.bands, strict=True)
+        self.band_names = tuple(d or f"band {b}" for d, b in bands)
 
     def run(self, unit: str) -> UnitResult:
         """Write the chunk's tile store, or none (removing an older one) when it has no tiles."""
@@ -163,8 +165,10 @@ class TilingWorker:
         if len(tiles) == 0:
             target.unlink(missing_ok=True)  # a --force rerun may find an older store
             return UnitResult([], {"tiles": 0, "chunks_empty": 1})
-        nodata = self.inputs[0].nodata
-        write_tile_store(target, self.grid, self.exp.crs, chunk, box, pixels, valid, nodata, tiles)
+        nodata, names = self.inputs[0].nodata, self.band_names
+        write_tile_store(
+            target, self.grid, self.exp.crs, chunk, box, pixels, valid, nodata, tiles, names
+        )
         return UnitResult([target], {"tiles": len(tiles), "chunks_written": 1})
 
 
