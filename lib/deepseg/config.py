@@ -1,27 +1,22 @@
 """The experiment: ``experiment.yaml`` and the files that extend it, checked before any work.
 
-The frozen dataclasses below ARE the schema: their type hints (with ``Annotated`` rules for
-ranges) and defaults drive one generic validator, and a few explicit checks add what types
-cannot say (files exist, the CRS parses, ``grid.stride <= grid.tile_size``). Coordinates and
-lengths are in the experiment's ``crs`` (metres for the default EPSG:3413). Every error is one
-line ``FILE: KEY.PATH: expected ..., got ...`` naming the file that set the key. Paths that
-may live in Google Cloud Storage (``Location``) accept ``gs://bucket/path``; those are checked
-in the bucket (see ``gcs``), with the same messages.
+Loading reads the file and its ``extends`` ancestors (and a ``cluster.profile``), merges them
+key by key, builds the schema (``schema``) through the generic validator (``validation``),
+then adds the checks types cannot say (files exist, the CRS parses, ``grid.stride <=
+grid.tile_size``) and makes paths absolute. Every error is one line ``FILE: KEY.PATH:
+expected ..., got ...`` naming the file that set the key; gs:// paths are checked in the
+bucket (see ``gcs``) with the same messages. The schema's names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import re
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pyproj import CRS
@@ -30,10 +25,24 @@ from pyproj.exceptions import CRSError
 from . import gcs
 from .errors import DeepSegError
 from .gcs import GsUri
+from .schema import (  # noqa: F401 - re-exported: the experiment's types live in schema
+    MODEL_FILES,
+    ClusterConfig,
+    EvaluateConfig,
+    Experiment,
+    GridConfig,
+    InferenceConfig,
+    InputConfig,
+    Location,
+    MergeConfig,
+    ModelConfig,
+    OutputConfig,
+    SlurmConfig,
+    VectorizeConfig,
+)
+from .validation import Invalid, Key, build_fields, dotted, show
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_FILES = ("best_model.pth", "normalization_stats.json", "config.yaml")
-LOCAL_ONLY = "must be a local folder (it is where gs:// files are kept on this machine)"
 
 
 class ConfigError(ValueError):
@@ -41,299 +50,6 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A constraint beyond the type; ``expect`` describes the values that pass ``check``."""
-
-    expect: str
-    check: Callable[[Any], bool]
-
-
-def _rule(tp: Any, expect: str, check: Callable[[Any], Any]) -> Any:
-    """``tp`` whose values must also pass ``check``; ``expect`` describes them in errors."""
-    return Annotated[tp, Rule(expect, check)]
-
-
-Positive = _rule(float, "a number > 0", lambda v: v > 0)
-NonNegative = _rule(float, "a number >= 0", lambda v: v >= 0)
-Count = _rule(int, "an integer >= 1", lambda v: v >= 1)
-NonNegativeInt = _rule(int, "an integer >= 0", lambda v: v >= 0)
-Scale = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
-Probability = _rule(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
-IoU = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
-Bands = _rule(tuple[Count, ...], "a non-empty list of band numbers (1-based)", bool)
-Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
-Location = GsUri | Path  # a local path, or gs://bucket/path
-Rasters = _rule(tuple[Location, ...], "at least one raster file or glob", bool)
-ModelDir = _rule(Location, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
-Formats = _rule(
-    tuple[Literal["cog", "kea"], ...],
-    "a list of formats from cog|kea that includes cog",
-    lambda v: "cog" in v,
-)
-NAME = "^[A-Za-z0-9_-]+$"
-RegionName = _rule(
-    str, f"a region name matching {NAME} (it becomes a file name)", re.compile(NAME).fullmatch
-)
-BBox = _rule(
-    tuple[float, float, float, float],
-    "[minx, miny, maxx, maxy] with minx < maxx and miny < maxy",
-    lambda b: b[0] < b[2] and b[1] < b[3],
-)
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """Where a run writes; relative to the current folder, ``{name}`` = the experiment name.
-
-    With a gs:// ``path`` every file is first written under the local ``scratch`` folder (by
-    default runs/{name}) and uploaded when finished."""
-
-    path: Location = Path("runs/{name}")
-    scratch: Path | None = None
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """The input mosaic: raster files (absolute, globs expanded) and how to read them."""
-
-    rasters: Rasters
-    bands: Bands = (1, 2, 3)
-    nodata: float | None = None  # None: each raster's own nodata tag
-    resampling: Literal["bilinear", "nearest", "cubic", "average"] = "bilinear"
-    cache_dir: Path | None = None  # gs:// rasters: None = read by window over the network
-
-
-@dataclass(frozen=True)
-class GridConfig:
-    """The global tile grid: ``resolution`` in CRS units (m) per pixel, sizes in pixels."""
-
-    resolution: Positive = 3.0
-    tile_size: Count = 512
-    stride: Count = 256
-    origin: tuple[float, float] = (-4000100.0, 4100100.0)  # top-left [x, y] in the CRS
-    chunk_tiles: Count = 16  # tile strides per chunk side
-    tile_list: Location | None = None  # CSV tile_id,minx,miny,maxx,maxy: only these tiles
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The model folder (holding ``MODEL_FILES``) and, optionally, the ``data_version`` its
-    ``normalization_stats.json`` must name (checked by ``model.read_model_card``)."""
-
-    dir: ModelDir
-    expected_data_version: str | None = None
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    """How the model runs: input scale factors, test-time augmentation, batching, device."""
-
-    scales: Scales = (1.0,)
-    tta: Literal["none", "minimal", "standard"] = "none"
-    batch_size: Count = 16
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False  # torch.compile the network (CUDA: faster after a warm-up)
-    io_workers: NonNegativeInt | None = None  # None: auto (0 on CPU, several on a GPU)
-
-
-@dataclass(frozen=True)
-class MergeConfig:
-    """How overlapping tiles merge; ``threshold`` None means the model's calibrated one,
-    ``"calibrated"`` the one ``evaluate.py --calibrate`` wrote (see ``calibration``)."""
-
-    method: Literal["max", "sinusoidal"] = "max"
-    threshold: Probability | Literal["calibrated"] | None = None
-    products: tuple[Literal["uncertainty", "scales"], ...] = ()
-    formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
-
-
-@dataclass(frozen=True)
-class VectorizeConfig:
-    """Polygon filtering: minimum area in m² and simplification tolerance in m (CRS units)."""
-
-    min_area_m2: NonNegative = 0.0
-    simplify_m: NonNegative = 0.0
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Evaluation against reference polygons (``evaluate.py``): files (absolute once loaded),
-    the object-matching IoU and the F-beta ``beta`` used to calibrate the threshold."""
-
-    reference: Path | None = None  # polygons (GPKG, GeoJSON, Shapefile) in any CRS
-    reference_layer: str | None = None  # None: the file's first layer
-    aoi: Path | None = None  # polygons bounding the evaluation; None: the valid predicted area
-    iou: IoU = 0.25
-    beta: Positive = 0.5
-
-
-@dataclass(frozen=True)
-class SlurmConfig:
-    """Slurm job-array settings (None: the cluster's default); times in minutes."""
-
-    partition: str | None = None
-    account: str | None = None
-    time_min: Count = 60
-    mem_gb: Count | None = None
-    cpus_per_task: Count = 4
-    gpus_per_node: NonNegativeInt = 0  # requested by the predict stage only
-    array_parallelism: Count | None = None
-    max_array_size: Count = 1000
-    units_per_task: Count | None = None  # None: as few per task as fit one array
-    retries: NonNegativeInt = 1  # resubmissions of unfinished units before a stage fails
-    poll_s: Positive = 30.0  # seconds between the driver's looks at the tasks
-    extra_sbatch: tuple[str, ...] = ()
-    setup: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where stages run: here (``local``) or as Slurm jobs; ``profile`` as loaded."""
-
-    executor: Literal["local", "slurm"] = "local"
-    profile: str | None = None  # a site profile: slurm/NAME.yaml or a path
-    slurm: SlurmConfig = SlurmConfig()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Experiment:
-    """A loaded, checked experiment with every default filled in and paths absolute."""
-
-    name: str
-    crs: str = "EPSG:3413"
-    output: OutputConfig = OutputConfig()
-    input: InputConfig
-    grid: GridConfig = GridConfig()
-    regions: dict[RegionName, BBox] = field(default_factory=dict)  # bboxes in ``crs``
-    model: ModelConfig
-    inference: InferenceConfig = InferenceConfig()
-    merge: MergeConfig = MergeConfig()
-    vectorize: VectorizeConfig = VectorizeConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    source: Path = field(metadata={"yaml": False})  # the experiment file loaded (absolute)
-
-    def to_dict(self) -> dict:
-        """The resolved experiment as plain YAML-able data (``source`` left out, so it reloads)."""
-        data = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # Path -> str
-        del data["source"]
-        return data
-
-
-# ---- the generic validator ------------------------------------------------------------------
-Key = tuple[str, ...]  # e.g. ("inference", "scales", "[1]")
-
-
-class _Invalid(Exception):
-    def __init__(self, key: Key, text: str) -> None:
-        super().__init__(text)
-        self.key, self.text = key, text
-
-
-class _Mismatch(_Invalid):
-    """The value at ``key`` is not what its type wants (an enclosing Union/Rule rewords it)."""
-
-
-def _dotted(key: Key) -> str:
-    return "".join(k if k.startswith("[") else "." + k for k in key).lstrip(".")
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML (true, null, 'text'), shortened."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else str(value).lower()
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _expect(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Annotated:
-        return args[1].expect
-    if origin is Literal:
-        return "one of " + "|".join(args) if len(args) > 1 else args[0]
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_expect(a) for a in args if a is not type(None)) + " or null"
-    if origin is tuple:
-        return "a list" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    names.update({Path: "a path", GsUri: "a gs://bucket/path URI"})
-    return names.get(tp, "a mapping")
-
-
-def _build(tp: Any, value: Any, key: Key) -> Any:
-    """``value`` checked against and converted to ``tp``; _Invalid names the deepest key."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bad = _Mismatch(key, f"expected {_expect(tp)}, got {_show(value)}")
-    if origin is Annotated or origin in (typing.Union, types.UnionType):
-        if origin is not Annotated and value is None:
-            return None
-        options = args[:1] if origin is Annotated else [a for a in args if a is not type(None)]
-        for inner in options:  # the first option that takes the value wins
-            try:
-                out = _build(inner, value, key)
-            except _Mismatch as exc:
-                if exc.key != key:  # a deeper key is at fault: name it
-                    raise
-                continue
-            if origin is Annotated and not args[1].check(out):
-                raise bad
-            return out
-        raise bad
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return tp(**_fields(tp, value, key))
-    if origin is Literal and isinstance(value, str) and value in args:
-        return value
-    if origin is tuple and isinstance(value, list):
-        kinds = (args[0],) * len(value) if args[-1] is Ellipsis else args
-        if len(kinds) == len(value):
-            return tuple(
-                _build(t, v, (*key, f"[{i}]"))
-                for i, (t, v) in enumerate(zip(kinds, value, strict=True))
-            )
-    if origin is dict and isinstance(value, dict):
-        return {
-            _build(args[0], k, (*key, str(k))): _build(args[1], v, (*key, str(k)))
-            for k, v in value.items()
-        }
-    if tp is GsUri and isinstance(value, str) and value.startswith(gcs.SCHEME):
-        try:
-            return GsUri.parse(value)
-        except ValueError as exc:
-            raise _Invalid(key, f"expected a gs://bucket/path URI, got {value!r}: {exc}") from None
-    if tp is Path and isinstance(value, str) and value:
-        if value.startswith(gcs.SCHEME):
-            raise _Invalid(key, f"{LOCAL_ONLY}, got {value!r}")
-        return Path(value).expanduser()
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise bad
-
-
-def _fields(cls: type, data: dict, key: Key) -> dict[str, Any]:
-    """Constructor arguments for dataclass ``cls`` from mapping ``data``; defaults filled in."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
-    for k in data:
-        if k not in names:
-            raise _Invalid((*key, str(k)), f"unknown key, expected one of {', '.join(names)}")
-    out = {}
-    for f in dataclasses.fields(cls):
-        tp, at = hints[f.name], (*key, f.name)
-        if f.name in data:
-            out[f.name] = _build(tp, data[f.name], at)
-        elif dataclasses.is_dataclass(tp):
-            out[f.name] = _build(tp, {}, at)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            if f.metadata.get("yaml", True):
-                raise _Invalid(at, f"expected {_expect(tp)}, got nothing (the key is required)")
-    return out
 
 
 # ---- files: YAML, extends, merging --------------------------------------------------------
@@ -400,7 +116,7 @@ def _read_chain(path: Path) -> list[tuple[Path, dict]]:
         if parent is None:
             return chain[::-1]
         if not isinstance(parent, str) or not parent:
-            raise ConfigError(f"{_label(path)}: extends: expected a path, got {_show(parent)}")
+            raise ConfigError(f"{_label(path)}: extends: expected a path, got {show(parent)}")
         nxt = _abs(path.parent / Path(parent).expanduser())
         if not nxt.is_file():
             raise ConfigError(f"{_label(path)}: extends: expected an existing file, got {nxt}")
@@ -468,7 +184,7 @@ def _read_profile(profile: Any, named_in: Path) -> dict:
         known = ", ".join(sorted(p.stem for p in (REPO_ROOT / "slurm").glob("*.yaml")))
         raise ConfigError(
             f"{_label(named_in)}: cluster.profile: expected a profile name ({known}) or a "
-            f"YAML path, got {_show(profile)} (looked for {path})"
+            f"YAML path, got {show(profile)} (looked for {path})"
         )
     data = _read_yaml(path)
     cluster = data.get("cluster")
@@ -499,14 +215,14 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
     raw.setdefault("name", source.stem)
 
     def fail(key: Key, text: str) -> ConfigError:
-        return ConfigError(f"{_label(_origin(origins, key, source))}: {_dotted(key)}: {text}")
+        return ConfigError(f"{_label(_origin(origins, key, source))}: {dotted(key)}: {text}")
 
     def base(key: Key) -> Path:
         return _origin(origins, key, source).parent
 
     try:
-        exp = Experiment(**_fields(Experiment, raw, ()), source=source)
-    except _Invalid as exc:
+        exp = Experiment(**build_fields(Experiment, raw, ()), source=source)
+    except Invalid as exc:
         raise fail(exc.key, exc.text) from None
     if not exp.name:
         raise fail(("name",), "expected a non-empty string, got ''")
