@@ -6,8 +6,10 @@
 #   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
-# STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
-# evaluate (run only when named: scores the run against the experiment's evaluate.reference).
+# STAGE is any of: tiles predict merge vectorize (default: all four, in that order),
+# evaluate (run only when named: scores the run against the experiment's evaluate.reference)
+# and check (run only when named: reports every tile not predicted, chunk missing from the
+# merged rasters and polygon outside the predicted area; exit 1 when any; logs/check.json).
 # Outputs go to the experiment's output.path (default runs/NAME under the current folder).
 # With no Python environment active, the first run creates .venv beside this script and
 # installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
@@ -40,7 +42,7 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python
@@ -53,16 +55,20 @@ main() {
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
-    local stage script start
+    local stage start command
     for stage in "${stages[@]}"; do
         case "$stage" in
-            tiles|create_tiles) script=create_tiles.py ;;
-            predict|merge|vectorize|evaluate) script=$stage.py ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, or sync)" ;;
+            tiles|create_tiles) command=(python "$ROOT/create_tiles.py") ;;
+            predict|merge|vectorize|evaluate) command=(python "$ROOT/$stage.py") ;;
+            check) command=(python -m deepseg.check) ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate check, or sync)" ;;
         esac
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS
-        python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
+        if ! "${command[@]}" -e "$name"; then
+            [[ "$stage" != check ]] || die "check: the run is incomplete (see above and logs/check.json); rerun the stages it names"
+            die "stage $stage failed; fix the error above and rerun: finished work is kept"
+        fi
         echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
     done
 }
