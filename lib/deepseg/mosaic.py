@@ -51,7 +51,7 @@ KEA_LAYERS = (("prob", "probability", "average"), ("binary", "binary", "nearest"
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
     """H(p) = -p log2 p - (1 - p) log2 (1 - p) in bits (0 at p = 0 or 1); nodata stays -1."""
-    p = np.clip(prob, 1e-12, 1 - 1e-12).astype(np.float64)
+    p = np.clip(prob.astype(np.float64), 1e-12, 1 - 1e-12)  # float32 rounds 1 - 1e-12 to 1
     h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     h[(prob <= 0) | (prob >= 1)] = 0.0
     return np.where(prob == PROB_NODATA, PROB_NODATA, h).astype(np.float32)
