@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from deepseg import kea
+from deepseg import kea, kea_pyramid
 
 KEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kea"
 WKT_3413 = (
@@ -281,10 +281,10 @@ def test_write_overview(tmp_path):
     path = tmp_path / "ov.kea"
     with h5py.File(path, "w") as f:
         kea.create(f, _info(width=700, height=600))
-        kea.write_overview(f, 1, 1, np.ones((300, 350), dtype=np.int16))
-        kea.write_overview(f, 1, 2, np.ones((150, 175), dtype=np.int16))
+        kea_pyramid.write_overview(f, 1, 1, np.ones((300, 350), dtype=np.int16))
+        kea_pyramid.write_overview(f, 1, 2, np.ones((150, 175), dtype=np.int16))
         with pytest.raises(kea.KeaError, match="cannot add level 4"):
-            kea.write_overview(f, 1, 4, np.ones((10, 10), dtype=np.int16))
+            kea_pyramid.write_overview(f, 1, 4, np.ones((10, 10), dtype=np.int16))
     with h5py.File(path, "r") as f:
         overviews, data = f["BAND1/OVERVIEWS"], f["BAND1/DATA"]
         assert list(overviews) == ["OVERVIEW1", "OVERVIEW2"]
@@ -380,16 +380,16 @@ def test_halve_average_and_nearest_match_a_pixel_by_pixel_computation():
     pixels = rng.random((7, 9)).astype(np.float32)
     pixels[0:2, 0:2] = -1.0  # a whole cell at nodata stays nodata
     pixels[2, 3], pixels[5, 8] = -1.0, np.nan  # partly invalid cells average the rest
-    average = kea.halve(pixels, "average", -1.0)
+    average = kea_pyramid.halve(pixels, "average", -1.0)
     assert average.shape == (4, 5) and average.dtype == np.float32
     for i in range(4):
         for j in range(5):
             cell = pixels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
             assert average[i, j] == np.float32(_pyramid_cell(cell, -1.0)), (i, j)
-    nearest = kea.halve(pixels, "nearest", -1.0)  # each cell's top-left pixel
+    nearest = kea_pyramid.halve(pixels, "nearest", -1.0)  # each cell's top-left pixel
     np.testing.assert_array_equal(nearest, pixels[np.ix_([0, 2, 4, 6], [0, 2, 4, 6, 8])])
     integers = np.array([[1, 2, 7], [2, 2, 255], [9, 9, 255]], dtype=np.uint8)
-    np.testing.assert_array_equal(kea.halve(integers, "average", 255), [[2, 7], [9, 255]])
+    np.testing.assert_array_equal(kea_pyramid.halve(integers, "average", 255), [[2, 7], [9, 255]])
 
 
 def _mosaic_info(width: int, height: int, dtype=np.float32, nodata=-1.0) -> kea.KeaInfo:
@@ -402,17 +402,17 @@ def test_create_raster_writes_blocks_and_builds_the_overview_pyramid(tmp_path):
     pixels = rng.random((1100, 1301)).astype(np.float32)
     pixels[rng.random(pixels.shape) < 0.3] = -1.0
     path = tmp_path / "mosaic.kea"
-    with kea.create_raster(path, _mosaic_info(1301, 1100), overviews="average") as f:
+    with kea_pyramid.create_raster(path, _mosaic_info(1301, 1100), overviews="average") as f:
         for r in range(0, 1100, 333):  # blocks that straddle the 512 px chunks
             for c in range(0, 1301, 290):
                 kea.write_band(f, 1, pixels[r : r + 333, c : c + 290], r, c)
     expected = [pixels]  # the pyramid from whole arrays: 1100 x 1301 -> 550 x 651 -> 275 x 326
     while max(expected[-1].shape) > 512:
-        expected.append(kea.halve(expected[-1], "average", -1.0))
+        expected.append(kea_pyramid.halve(expected[-1], "average", -1.0))
     assert [a.shape for a in expected[1:]] == [(550, 651), (275, 326)]
     with kea.open_kea(path) as (f, info):
         assert info == dataclasses.replace(_mosaic_info(1301, 1100), layer_usage=(0,))
-        assert kea.overview_count(f, 1) == 2
+        assert kea_pyramid.overview_count(f, 1) == 2
         for level, array in enumerate(expected):
             rows, cols = array.shape
             np.testing.assert_array_equal(
@@ -441,7 +441,7 @@ def test_overviews_are_built_block_by_block_in_flat_memory(tmp_path):
     band_bytes = side * side * 4
     tracemalloc.start()
     try:
-        with kea.create_raster(path, _mosaic_info(side, side), overviews="average") as f:
+        with kea_pyramid.create_raster(path, _mosaic_info(side, side), overviews="average") as f:
             cols = np.arange(side, dtype=np.float32)
             for r in range(0, side, 256):  # pixel value = row + column
                 kea.write_band(f, 1, cols + np.arange(r, r + 256, dtype=np.float32)[:, None], r, 0)
@@ -450,7 +450,7 @@ def test_overviews_are_built_block_by_block_in_flat_memory(tmp_path):
     finally:
         tracemalloc.stop()
     with kea.open_kea(path) as (f, _):
-        assert kea.overview_count(f, 1) == 3  # 2048, 1024, 512
+        assert kea_pyramid.overview_count(f, 1) == 3  # 2048, 1024, 512
         corner = kea.read_window(f, 0, 0, 2, 2, level=3)[0]  # 8 x 8 cells of r + c
         np.testing.assert_array_equal(corner, [[7.0, 15.0], [15.0, 23.0]])
     assert peak < band_bytes / 4, f"overviews held {peak / 2**20:.1f} MiB of Python memory"

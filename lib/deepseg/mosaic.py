@@ -8,7 +8,7 @@ threshold, nodata 255, nearest overviews); with ``merge.products`` also
 the threshold, nodata 255), and ``{region}_preview.png`` (see ``preview``). All in ``crs``
 on the grid's pixel lattice, 512 px internal tiles.
 With ``merge.formats: [cog, kea]`` the probability and binary rasters are also written, block
-by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea.create_raster``, with
+by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea_pyramid.create_raster``, with
 overviews equal to the COGs') for RSGISLib/KEA workflows.
 
 Flat memory: the region is assembled window by window (``WINDOW_PX`` square, aligned to the
@@ -32,7 +32,7 @@ from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
-from . import kea, preview
+from . import kea, kea_pyramid, preview
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
 from .calibration import merge_threshold
 from .config import Experiment
@@ -151,7 +151,7 @@ def _open_kea_mosaics(
             (description,),
         )  # fmt: skip
         tmp = stack.enter_context(atomic_path(RunPaths.of(exp).region_kea(region, layer)))
-        files.append((layer, stack.enter_context(kea.create_raster(tmp, info, resampling))))
+        files.append((layer, stack.enter_context(kea_pyramid.create_raster(tmp, info, resampling))))
     return files
 
 
