@@ -5,6 +5,7 @@ Rectangles on the pixel lattice, so every pixel count, IoU and area is known by 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -50,7 +51,9 @@ def write_polygons(path: Path, boxes: list, crs: str | None = "EPSG:3413", **col
     frame = gpd.GeoDataFrame(columns, geometry=[px_box(*b) for b in boxes], crs="EPSG:3413")
     if crs != "EPSG:3413":
         frame = frame.to_crs(crs) if crs else frame.set_crs(None, allow_override=True)
-    frame.to_file(path)
+    with warnings.catch_warnings():  # a reference without CRS is written on purpose
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+        frame.to_file(path)
     return path
 
 

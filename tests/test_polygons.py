@@ -54,7 +54,7 @@ def to_map(geom: shapely.Geometry) -> shapely.Geometry:
 
 
 def run(folder: Path, model_dir: Path, chunk_tiles: int, **sections) -> Path:
-    x0, y0 = lattice_transform(*AT) * (0, 0)
+    x0, y0 = lattice_transform(*AT) @ (0, 0)
     regions = {
         "west": [x0, y0 - 3 * H, x0 + 3 * SPLIT_COL, y0],
         "east": [x0 + 3 * SPLIT_COL, y0 - 3 * H, x0 + 3 * W, y0],

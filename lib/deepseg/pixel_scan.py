@@ -40,7 +40,11 @@ class PointFinder:
 
     def start_region(self, src: rasterio.DatasetReader) -> None:
         """Index the points not yet placed by the internal block of ``src`` holding them."""
-        cols, rows = ~src.transform * (self.x, self.y)
+        inv = ~src.transform  # map -> pixel, applied to the coordinate arrays
+        cols, rows = (
+            inv.a * self.x + inv.b * self.y + inv.c,
+            inv.d * self.x + inv.e * self.y + inv.f,
+        )
         rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
         inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
         todo = np.flatnonzero(inside & pd.isna(self.region))

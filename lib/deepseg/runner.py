@@ -123,7 +123,10 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
     paths = RunPaths.of(exp)
     journal = Journal(paths, stage.name, run_id)
     todo = pending_units(stage, exp, units, run_id, force)
+    # a requeued task may find a unit its first run finished but was stopped before recording
+    _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id, journal)
     if not todo:
+        journal.close()
         return 0
     worker = stage.worker(exp)
     failed = succeeded = 0
@@ -192,11 +195,13 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str) 
         for key, value in state.counts.items():
             if isinstance(value, (int, float)):
                 counts[key] = counts.get(key, 0) + value
+    ended = {s.unit for s in failed + done}
     return {
         "units": len(units),
         "done": len(done),
         "failed": [s.unit for s in failed],
         "pending": len(units) - len(done) - len(failed),
+        "unfinished": [u for u in units if u not in ended],  # never started, or interrupted
         "manifest": manifest,
         "errors": {s.unit: s.error for s in failed},
         "counts": counts,
@@ -245,7 +250,9 @@ def run(
     return summary
 
 
-def _record_recovered(stage: Stage, exp: Experiment, done: Sequence[str], run_id: str) -> None:
+def _record_recovered(
+    stage: Stage, exp: Experiment, done: Sequence[str], run_id: str, journal: Journal | None = None
+) -> None:
     """Record as done the units whose outputs are complete on disk without a done record
     (a worker killed between the rename and the record), so the manifest tells the truth."""
     paths = RunPaths.of(exp)
@@ -253,7 +260,7 @@ def _record_recovered(stage: Stage, exp: Experiment, done: Sequence[str], run_id
     missing = [u for u in done if u not in states or states[u].status != "done"]
     if not missing:
         return
-    journal = Journal(paths, stage.name, run_id)
+    journal = journal or Journal(paths, stage.name, run_id)
     for unit in missing:
         outputs = [str(p.relative_to(paths.root)) for p in stage.expected(exp, unit)]
         journal.record(unit, "done", outputs=outputs, recovered=True)
@@ -278,9 +285,14 @@ def _report(stage: Stage, summary: dict[str, Any]) -> None:
     if summary["failed"] or summary["pending"]:
         for unit, error in list(summary["errors"].items())[:20]:
             log.error("%s: failed unit %s: %s", stage.name, unit, error)
-        names = ", ".join(summary["failed"][:5]) + (" ..." if len(summary["failed"]) > 5 else "")
         raise DeepSegError(
-            f"{stage.name}: {len(summary['failed'])} unit(s) failed ({names or 'none'}) and "
-            f"{summary['pending']} did not finish; details in {summary['manifest']}; rerun the "
-            "stage to retry them (finished units are kept)"
+            f"{stage.name}: {len(summary['failed'])} unit(s) failed ({_names(summary['failed'])})"
+            f" and {summary['pending']} did not finish ({_names(summary['unfinished'])}); "
+            f"details in {summary['manifest']}; rerun the stage to retry them (finished units "
+            "are kept)"
         )
+
+
+def _names(units: Sequence[str], most: int = 5) -> str:
+    """The first few unit ids, for a one-line message."""
+    return ", ".join(units[:most]) + (" ..." if len(units) > most else "") or "none"

@@ -127,7 +127,7 @@ class MergeConfig:
 
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | Literal["calibrated"] | None = None
-    products: tuple[Literal["uncertainty", "scales"], ...] = ()
+    products: tuple[Literal["uncertainty", "scales", "preview"], ...] = ()
     formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
 
 

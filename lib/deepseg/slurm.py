@@ -102,12 +102,17 @@ def make_executor(folder: Path, params: dict[str, Any]) -> submitit.SlurmExecuto
 
 
 def render_job_script(stage: Stage, exp: Experiment, n_tasks: int) -> str:
-    """The sbatch script one array of ``stage`` is submitted with (for review and tests)."""
+    """The sbatch script one array of ``stage`` is submitted with (for review and tests).
+
+    It is built by the function submitit's executor builds it with, from the same parameters
+    (a private one, hence the pinned submitit version), so no Slurm needs to be installed.
+    """
     folder = RunPaths.of(exp).logs / "slurm" / stage.name / "%j"
-    executor = make_executor(folder, slurm_parameters(stage, exp, n_tasks))
-    executor.parameters["map_count"] = n_tasks  # as submitit sets it when it submits an array
+    params = slurm_parameters(stage, exp, n_tasks)
     command = SUBMIT_COMMAND.format(python="python", folder=folder)
-    return executor._make_submission_file_text(command, "UID")  # noqa: SLF001
+    return submitit.slurm.slurm._make_sbatch_string(  # noqa: SLF001
+        command=command, folder=folder, map_count=n_tasks, **params
+    )
 
 
 def submit_arrays(
@@ -163,14 +168,21 @@ def wait_for(
 
 
 def report_tasks(stage: Stage, jobs: list[tuple[submitit.Job, list[str]]]) -> None:
-    """Log each task that did not complete: its state, units and log file."""
+    """Log each task that did not end well (it raised, was cancelled or killed, or some of its
+    units failed) with its units and log file. The outcome comes from the task's result file,
+    else from sacct (Slurm's state lags behind a task that has just written its result)."""
     for job, task in jobs:
-        if job.state != "COMPLETED":
+        try:
+            failed_units = job.result()
+            problem = f"finished with {failed_units} failed unit(s)" if failed_units else ""
+        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as exc:
+            problem = f"ended {job.state}: {' '.join(str(exc).split())[:300]}"
+        if problem:
             log.error(
-                "%s: task %s ended %s (units %s .. %s); log %s",
+                "%s: task %s %s (units %s .. %s); log %s",
                 stage.name,
                 job.job_id,
-                job.state,
+                problem,
                 task[0],
                 task[-1],
                 job.paths.stderr,
