@@ -4,12 +4,11 @@
 #   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
 #   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
 #   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
+#   bash DeepSeg.sh NAME check            list what the run lacks in logs/check.json; exit 1 if any
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
-# STAGE is any of: tiles predict merge vectorize (default: all four, in that order),
-# evaluate (run only when named: scores the run against the experiment's evaluate.reference)
-# and check (run only when named: reports every tile not predicted, chunk missing from the
-# merged rasters and polygon outside the predicted area; exit 1 when any; logs/check.json).
+# STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
+# evaluate (run only when named: scores the run against the experiment's evaluate.reference).
 # Outputs go to the experiment's output.path (default runs/NAME under the current folder).
 # With no Python environment active, the first run creates .venv beside this script and
 # installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
@@ -42,7 +41,7 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python
@@ -52,23 +51,22 @@ main() {
         python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
         return 0
     fi
+    if [[ "${stages[0]}" == "check" ]]; then  # exit 1: tiles, chunks or polygons are missing
+        exec python -m deepseg.check -e "$name"
+    fi
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
-    local stage start command
+    local stage script start
     for stage in "${stages[@]}"; do
         case "$stage" in
-            tiles|create_tiles) command=(python "$ROOT/create_tiles.py") ;;
-            predict|merge|vectorize|evaluate) command=(python "$ROOT/$stage.py") ;;
-            check) command=(python -m deepseg.check) ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate check, or sync)" ;;
+            tiles|create_tiles) script=create_tiles.py ;;
+            predict|merge|vectorize|evaluate) script=$stage.py ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, or sync)" ;;
         esac
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS
-        if ! "${command[@]}" -e "$name"; then
-            [[ "$stage" != check ]] || die "check: the run is incomplete (see above and logs/check.json); rerun the stages it names"
-            die "stage $stage failed; fix the error above and rerun: finished work is kept"
-        fi
+        python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
         echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
     done
 }

@@ -97,19 +97,30 @@ def reported(report: dict) -> dict[str, int]:
     return {key: len(report[key]) for key in FINDINGS if report[key]}
 
 
-def test_a_complete_run_passes_and_the_report_is_written(finished, tmp_path):
+def deepseg_check(experiment_yaml: Path) -> subprocess.CompletedProcess:
+    """``bash DeepSeg.sh EXPERIMENT check`` in this test environment, as a user runs it."""
+    env = dict(os.environ)
+    if sys.prefix != sys.base_prefix:  # use the test environment, as an activated venv would
+        env["VIRTUAL_ENV"] = sys.prefix
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    command = ["bash", str(REPO / "DeepSeg.sh"), str(experiment_yaml), "check"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_complete_run_passes_and_a_deleted_raster_fails_the_command(finished, tmp_path):
     exp = copy_run(finished, tmp_path)
-    report = check_run(exp)
+    paths = RunPaths.of(exp)
+    result = deepseg_check(tmp_path / "experiment.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "check: OK: nothing missing (30 chunks of the grid)" in result.stderr
+    report = json.loads((paths.logs / "check.json").read_text())
     assert report["ok"] and reported(report) == {} and report["not_checked"] == {}
     assert report["counts"]["chunks"] == 30  # 5 chunk rows x 6 chunk columns over the raster
     # a merged raster deleted: the command names it, reports every chunk of its region, and
-    # exits 1 (`bash DeepSeg.sh demo check` exiting 0 is tested with the demo)
-    paths = RunPaths.of(exp)
+    # exits 1
     paths.region_binary("all").unlink()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
-    command = [sys.executable, "-m", "deepseg.check", "-e", str(tmp_path / "experiment.yaml")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 1, result.stderr
+    result = deepseg_check(tmp_path / "experiment.yaml")
+    assert result.returncode == 1, result.stderr[-3000:]
     assert "check: outputs_missing: 1: " + str(paths.region_binary("all")) in result.stderr
     report = json.loads((paths.logs / "check.json").read_text())
     assert report["outputs_missing"] == [str(paths.region_binary("all"))]

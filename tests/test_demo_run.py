@@ -69,21 +69,3 @@ def test_demo_command_produces_every_output(tmp_path: Path) -> None:
     assert report["object"]["precision"] > 0.8 and report["object"]["recall"] > 0.8
     assert report["pixel"]["f1"] > 0.9
     assert (out / "logs" / "evaluation_pr_curve.png").read_bytes()[:4] == b"\x89PNG"
-    # the release check: every tile predicted, merged and inside the footprints
-    result = subprocess.run(
-        ["bash", str(REPO / "DeepSeg.sh"), "demo", "check"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    check = json.loads((out / "logs" / "check.json").read_text())
-    assert check["ok"] and check["counts"]["chunks"] == 12
-    assert log["n_tiles_processed"] == sum(
-        json.loads(line)["counts"]["tiles"]
-        for path in (out / "logs" / "manifest" / "create_tiles").glob("*.jsonl")
-        for line in path.read_text().splitlines()
-        if json.loads(line)["status"] == "done"
-    )

@@ -10,7 +10,8 @@ invocation:
 
 - ``n_tiles_processed``, ``n_tiles_with_detection``: summed over the done predict units;
   ``n_tiles_skipped_no_data`` over the done create_tiles units (tiles over an input without
-  a valid pixel).
+  a valid pixel). A unit recorded as recovered (found complete on disk, its worker killed
+  before recording it) has no counts and adds none; ``check`` still reads its store's tiles.
 - ``gpu_type``: the devices predict's units ran on (``torch.cuda.get_device_name`` or
   "cpu"; several joined by ", " when Slurm tasks got different GPUs).
 - ``inference_date``: when the last probability store was written (UTC, ISO 8601).
