@@ -15,6 +15,7 @@ import yaml
 
 from conftest import REPO, lattice_transform, write_experiment, write_raster
 from deepseg import gcs
+from deepseg.check import check_run, write_report
 from deepseg.config import load_experiment
 from deepseg.gcs import GsUri
 from deepseg.mosaic import merge
@@ -281,3 +282,30 @@ def test_sync_dry_run_lists_and_sync_uploads(tmp_path, bucket, model_dir):
     }
     assert bucket.objects("inference/test/") == everything
     assert sync(load_experiment(experiment), dry_run=True)["files"] == 0
+
+
+def test_check_of_a_gs_run_reads_the_bucket_from_another_machine(tmp_path, bucket, model_dir):
+    experiment = gs_experiment(tmp_path, bucket, model_dir, grid={"chunk_tiles": 1})
+    run(experiment)
+    config = yaml.safe_load(experiment.read_text())
+    config["output"]["scratch"] = str(tmp_path / "other-scratch")  # nothing local there
+    other = tmp_path / "other-machine.yaml"
+    other.write_text(yaml.safe_dump(config))
+    report = check_run(load_experiment(other))
+    assert report["ok"], report
+    stores = sorted(k for k in bucket.objects("inference/test/") if k.startswith("predictions/"))
+    bucket.delete(f"inference/test/{stores[0]}")  # lost from the bucket
+    config["output"]["scratch"] = str(tmp_path / "third-scratch")  # not in a local copy either
+    other.write_text(yaml.safe_dump(config))
+    exp = load_experiment(other)
+    report = check_run(exp)
+    [entry] = report["tiles_not_predicted"]
+    chunk = Path(stores[0]).stem
+    assert (entry["chunk"], entry["reason"]) == (
+        chunk,
+        f"its probability store {chunk}.kea is missing",
+    )
+    write_report(exp, report)
+    RunPaths.of(exp).flush()
+    in_bucket = json.loads(bucket.objects("inference/test/logs/")["check.json"])
+    assert in_bucket["ok"] is False and in_bucket["counts"]["tiles_not_predicted"] > 0
