@@ -34,17 +34,19 @@ def run_stage(
     description: str | None,
     parser: argparse.ArgumentParser | None = None,
     argv: list[str] | None = None,
+    check_inputs: bool = True,
 ) -> None:
     """Parse arguments, load the experiment, run ``stage(exp, force=..., **extra)`` and exit.
 
     A user error prints one line ``deepseg: error: ...`` and exits with status 2.
+    ``check_inputs=False``: see ``config.load_experiment``.
     """
     parser = parser or stage_parser(description)
     args = vars(parser.parse_args(argv))
     setup_logging(args.pop("verbose"))
     name = args.pop("experiment")
     try:
-        exp = load_experiment(name)
+        exp = load_experiment(name, check_inputs=check_inputs)
         stage(exp, **args)
     except USER_ERRORS as exc:
         logging.getLogger("deepseg").debug("user error", exc_info=True)

@@ -158,6 +158,32 @@ class ClusterConfig:
     slurm: SlurmConfig = SlurmConfig()
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train.py``: the built-in U-Net trained on generated 3 m scenes (sizes in pixels).
+
+    Training scenes use seeds ``scene_seed`` .. ``scene_seed + scenes - 1``; the validation
+    scene (``validation_seed``), which picks the best step and calibrates the threshold, is
+    predicted in ``grid.tile_size`` tiles at ``grid.stride``, as predict.py does.
+    """
+
+    output: Path | None = None  # model folder to write; None: {output.path}/model
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: NonNegativeInt = 0  # weight init, crop sampling and augmentation
+    scenes: Count = 16
+    scene_size: Count = 1024
+    scene_seed: NonNegativeInt = 1000
+    validation_seed: NonNegativeInt = 999
+    validation_size: Count = 1536
+    crop_size: Count = 256
+    batch_size: Count = 8
+    steps: Count = 800
+    learning_rate: Positive = 0.003  # peak of the one-cycle schedule (AdamW)
+    validate_every: Count = 200  # steps
+    base_channels: Count = 8  # U-Net channels at full resolution
+    depth: Count = 4  # U-Net pooling steps
+
+
 @dataclass(frozen=True, kw_only=True)
 class Experiment:
     """A loaded, checked experiment with every default filled in and paths absolute."""
@@ -173,6 +199,7 @@ class Experiment:
     merge: MergeConfig = MergeConfig()
     vectorize: VectorizeConfig = VectorizeConfig()
     cluster: ClusterConfig = ClusterConfig()
+    train: TrainConfig = TrainConfig()
     source: Path = field(metadata={"yaml": False})  # the experiment file loaded (absolute)
 
     def to_dict(self) -> dict:
@@ -401,8 +428,11 @@ def resolve_experiment_path(name_or_path: str, cwd: Path | None = None) -> Path:
     )
 
 
-def load_experiment(name_or_path: str | Path) -> Experiment:
-    """Load, merge (``extends``) and check an experiment; ConfigError on the first problem."""
+def load_experiment(name_or_path: str | Path, check_inputs: bool = True) -> Experiment:
+    """Load, merge (``extends``) and check an experiment; ConfigError on the first problem.
+
+    ``check_inputs=False`` (for train.py, which reads neither) leaves out the checks that
+    ``input.rasters`` and ``model.dir`` exist; their paths are still made absolute."""
     source = resolve_experiment_path(str(name_or_path))
     raw: dict = {}
     origins: dict[Key, Path] = {}
@@ -439,14 +469,48 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         if not tile_list.is_file():
             raise fail(("grid", "tile_list"), f"expected an existing CSV file, got {tile_list}")
         grid = dataclasses.replace(grid, tile_list=tile_list)
-    output = Path.cwd() / str(exp.output.path).replace("{name}", exp.name)
+    output = _abs(Path.cwd() / str(exp.output.path).replace("{name}", exp.name))
+    if check_inputs:
+        rasters = _rasters(exp.input.rasters, base, fail)
+        model_dir = _model_dir(exp.model.dir, base, fail)
+    else:
+        keys = [("input", "rasters", f"[{i}]") for i in range(len(exp.input.rasters))]
+        rasters = tuple(_abs(base(k) / p) for k, p in zip(keys, exp.input.rasters, strict=True))
+        model_dir = _abs(base(("model", "dir")) / exp.model.dir)
     return dataclasses.replace(
         exp,
-        output=OutputConfig(_abs(output)),
-        input=dataclasses.replace(exp.input, rasters=_rasters(exp.input.rasters, base, fail)),
+        output=OutputConfig(output),
+        input=dataclasses.replace(exp.input, rasters=rasters),
         grid=grid,
-        model=ModelConfig(_model_dir(exp.model.dir, base, fail)),
+        model=ModelConfig(model_dir),
+        train=_train(exp, output, base, fail),
     )
+
+
+def _train(exp: Experiment, output: Path, base: Callable, fail: Callable) -> TrainConfig:
+    """``train`` with its output folder absolute (default ``{output.path}/model``), its sizes
+    checked against the U-Net's depth and the grid's tile size."""
+    t = exp.train
+    factor = 2**t.depth
+    if t.crop_size % factor or t.crop_size > t.scene_size:
+        raise fail(
+            ("train", "crop_size"),
+            f"expected a multiple of 2**train.depth = {factor} that is <= train.scene_size "
+            f"({t.scene_size}), got {t.crop_size}",
+        )
+    if t.validation_size < exp.grid.tile_size:
+        raise fail(
+            ("train", "validation_size"),
+            f"expected >= grid.tile_size ({exp.grid.tile_size}), got {t.validation_size}",
+        )
+    if t.scene_seed <= t.validation_seed < t.scene_seed + t.scenes:
+        raise fail(
+            ("train", "validation_seed"),
+            f"expected a seed outside the training scenes' {t.scene_seed}.."
+            f"{t.scene_seed + t.scenes - 1}, got {t.validation_seed}",
+        )
+    folder = output / "model" if t.output is None else _abs(base(("train", "output")) / t.output)
+    return dataclasses.replace(t, output=folder)
 
 
 def _rasters(entries: tuple[Path, ...], base: Callable, fail: Callable) -> tuple[Path, ...]:
