@@ -3,9 +3,11 @@
 #
 #   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
 #   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
+#   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
-# STAGE is any of: tiles predict merge vectorize (default: all four, in that order).
+# STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
+# evaluate (run only when named: scores the run against the experiment's evaluate.reference).
 # Outputs go to the experiment's output.path (default runs/NAME under the current folder).
 # With no Python environment active, the first run creates .venv beside this script and
 # installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
@@ -38,12 +40,16 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python
     local stages=("$@")
     [[ ${#stages[@]} -gt 0 ]] || stages=(tiles predict merge vectorize)
+    if [[ "${stages[0]}" == "sync" ]]; then
+        python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
+        return 0
+    fi
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
@@ -51,8 +57,8 @@ main() {
     for stage in "${stages[@]}"; do
         case "$stage" in
             tiles|create_tiles) script=create_tiles.py ;;
-            predict|merge|vectorize) script=$stage.py ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize)" ;;
+            predict|merge|vectorize|evaluate) script=$stage.py ;;
+            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, or sync)" ;;
         esac
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS

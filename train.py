@@ -10,6 +10,6 @@ from deepseg.cli import run_stage, stage_parser
 from deepseg.training import train
 
 if __name__ == "__main__":
-    parser = stage_parser(__doc__)
+    parser = stage_parser(__doc__, units=False)
     parser.add_argument("--output", type=Path, help="model folder to write instead of train.output")
     run_stage(train, __doc__, parser, check_inputs=False)

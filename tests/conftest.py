@@ -12,6 +12,8 @@ import torch
 import yaml
 from affine import Affine
 
+pytest_plugins = ["slurm_cluster"]  # the session fixture `slurm_cluster`: a real one-node Slurm
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ORIGIN = (-4000100.0, 4100100.0)
@@ -112,18 +114,19 @@ def assert_same_probability(actual: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_array_max_ulp(actual, expected, maxulp=2)
 
 
-def write_experiment(folder: Path, rasters: list[Path], model: Path, **sections: dict) -> Path:
+def write_experiment(folder: Path, rasters: list[Path], model_dir: Path, **sections: dict) -> Path:
     """An experiment file with small tiles for fast tests; ``sections`` override keys."""
     exp = {
         "name": "test",
         "output": {"path": str(folder / "out")},
         "input": {"rasters": [str(r) for r in rasters]},
         "grid": {"tile_size": 64, "stride": 32, "chunk_tiles": 2},
-        "model": {"dir": str(model)},
+        "model": {"dir": str(model_dir)},
         "inference": {"batch_size": 7, "device": "cpu"},
     }
     for key, value in sections.items():
         exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,37 @@ def test_root_experiment_yaml_documents_the_dataclass_defaults(tmp_path, base):
     assert load_experiment(rooted).to_dict() == load_experiment(plain).to_dict()
 
 
+def _schema_keys(cls: type, prefix: str = "") -> set[str]:
+    """Dotted keys of a config dataclass, nested sections included."""
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("yaml", True):
+            keys.add(prefix + f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                keys |= _schema_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
+
+
+def _yaml_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in data.items():
+        keys.add(prefix + k)
+        if isinstance(v, dict) and k != "regions":
+            keys |= _yaml_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def test_root_experiment_yaml_lists_every_key():
+    """Every key of the schema is written (and so documented) in experiment.yaml."""
+    written = _yaml_keys(yaml.safe_load((REPO_ROOT / "experiment.yaml").read_text()))
+    text = (REPO_ROOT / "experiment.yaml").read_text()
+    assert "# name:" in text  # name defaults to the file's stem, so it is shown commented out
+    missing = _schema_keys(Experiment) - written - {"name"}
+    assert not missing, f"experiment.yaml does not document {sorted(missing)}"
+    assert not written - _schema_keys(Experiment), "experiment.yaml has keys the schema lacks"
+
+
 def test_extends_chain_merges_dicts_and_replaces_lists(tmp_path, base):
     write_yaml(
         tmp_path / "mid.yaml",
@@ -224,7 +257,7 @@ def test_resolve_experiment_path(tmp_path):
         ),
         (
             {"merge": {"threshold": 1.5}},
-            "merge.threshold: expected a number in [0, 1] or null, got 1.5",
+            "merge.threshold: expected a number in [0, 1] or calibrated or null, got 1.5",
         ),
         (
             {"inference": {"tta": "full"}},
@@ -264,13 +297,14 @@ def test_resolve_experiment_path(tmp_path):
             "grid.tile_list: expected an existing CSV file, got ",
         ),
         (
-            {"output": {"path": "gs://bucket/x"}},
-            "output.path: gs:// output is not supported yet "
-            "(Google Cloud Storage support is a later feature)",
+            {"output": {"path": "gs://Bad_Bucket/x"}},
+            "output.path: expected a gs://bucket/path URI, got 'gs://Bad_Bucket/x': bucket name "
+            "'Bad_Bucket' is not valid (3-222 characters: a-z 0-9 . _ -)",
         ),
         (
-            {"input": {"rasters": ["gs://b/x.tif"]}},
-            "input.rasters[0]: gs:// input is not supported yet",
+            {"input": {"cache_dir": "gs://bucket/cache"}},
+            "input.cache_dir: must be a local folder (it is where gs:// files are kept on this "
+            "machine), got 'gs://bucket/cache'",
         ),
     ],
 )
@@ -339,6 +373,62 @@ def test_extends_missing_parent(tmp_path):
 )
 def test_broken_yaml(tmp_path, text, message):
     assert error(write_yaml(tmp_path / "x.yaml", text)).startswith(message)
+
+
+def test_profile_applies_just_before_the_file_that_names_it(tmp_path, base):
+    write_yaml(
+        tmp_path / "site.yaml",
+        {"cluster": {"executor": "slurm", "slurm": {"partition": "gpu", "time_min": 240}}},
+    )
+    exp = load_experiment(
+        child(tmp_path, {"cluster": {"profile": "../site.yaml", "slurm": {"time_min": 30}}})
+    )
+    assert exp.cluster.executor == "slurm"
+    assert (exp.cluster.slurm.partition, exp.cluster.slurm.time_min) == ("gpu", 30)
+    assert exp.cluster.slurm.cpus_per_task == 4  # the root default, untouched by either
+
+
+def test_bundled_profiles_load(tmp_path, base):
+    for name in ("generic-gpu", "gcp-gpu"):
+        exp = load_experiment(child(tmp_path, {"cluster": {"profile": name}}, f"x/{name}.yaml"))
+        assert exp.cluster.executor == "slurm" and exp.cluster.slurm.gpus_per_node == 1
+
+
+def test_profile_errors_name_the_file(tmp_path, base):
+    message = error(child(tmp_path, {"cluster": {"profile": "nosuchsite"}}))
+    assert message.startswith("experiments/demo.yaml: cluster.profile: expected a profile name")
+    assert "generic-gpu" in message and "nosuchsite" in message
+    write_yaml(tmp_path / "bad.yaml", {"cluster": {"executor": "slurm"}, "grid": {}})
+    message = error(child(tmp_path, {"cluster": {"profile": "../bad.yaml"}}))
+    assert message.startswith("bad.yaml: expected only a 'cluster:' mapping")
+    write_yaml(tmp_path / "typo.yaml", {"cluster": {"slurm": {"partitoin": "gpu"}}})
+    message = error(child(tmp_path, {"cluster": {"profile": "../typo.yaml"}}))
+    assert message.startswith("typo.yaml: cluster.slurm.partitoin: unknown key")
+
+
+def test_evaluate_section(tmp_path, base):
+    exp = load_experiment(base)
+    assert (exp.evaluate.reference, exp.evaluate.aoi, exp.evaluate.reference_layer) == (None,) * 3
+    assert (exp.evaluate.iou, exp.evaluate.beta) == (0.25, 0.5)
+    leaf = child(
+        tmp_path,
+        {
+            "evaluate": {"reference": "../labels/ref.gpkg", "aoi": "aoi.geojson", "iou": 0.5},
+            "merge": {"threshold": "calibrated"},
+        },
+    )
+    exp = load_experiment(leaf)
+    # relative to the file that set them; not checked to exist (evaluate.py may override them)
+    assert exp.evaluate.reference == tmp_path / "labels" / "ref.gpkg"
+    assert exp.evaluate.aoi == tmp_path / "experiments" / "aoi.geojson"
+    assert (exp.evaluate.iou, exp.merge.threshold) == (0.5, "calibrated")
+    assert error(child(tmp_path, {"evaluate": {"iou": 0}})).startswith(
+        "experiments/demo.yaml: evaluate.iou: expected a number in (0, 1], got 0"
+    )
+    assert error(child(tmp_path, {"merge": {"threshold": "calibrate"}})) == (
+        "experiments/demo.yaml: merge.threshold: expected a number in [0, 1] or calibrated "
+        "or null, got 'calibrate'"
+    )
 
 
 def test_train_section_defaults_and_paths(tmp_path, base):

@@ -87,3 +87,18 @@ def test_demo_command_produces_every_output(tmp_path: Path) -> None:
     ] == ["done"] * 4
     assert (out / "logs" / "experiment.yaml").is_file()
     assert not list(out.rglob(".*partial*"))
+    # the README's evaluation command: every demo scar is scored, and nearly all are found
+    result = subprocess.run(
+        ["bash", str(REPO / "DeepSeg.sh"), "demo", "evaluate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "logs" / "evaluation.json").read_text())
+    assert report["object"]["references"] == len(reference)
+    assert report["object"]["precision"] > 0.8 and report["object"]["recall"] > 0.8
+    assert report["pixel"]["f1"] > 0.9
+    assert (out / "logs" / "evaluation_pr_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -87,7 +87,7 @@ def test_killed_predict_leaves_only_complete_stores_and_resumes_identically(tmp_
     """SIGKILL in the middle of predict: stores under their final names are complete, and a
     rerun finishes the run with merged rasters byte-identical to an uninterrupted run."""
     rng = np.random.default_rng(11)
-    data = rng.integers(1, 256, size=(3, 480, 480), dtype=np.uint8)
+    data = rng.integers(1, 256, size=(3, 300, 300), dtype=np.uint8)
     raster = write_raster(tmp_path / "big.tif", data, lattice_transform(640, 640))
     runs = {}
     for name in ("clean", "killed"):
@@ -115,7 +115,8 @@ def test_killed_predict_leaves_only_complete_stores_and_resumes_identically(tmp_
         assert read_prob_window(path, attrs["box"]) is not None
     for name in ("clean", "killed"):
         for script in ("predict.py", "merge.py"):
-            assert run_script(script, runs[name]).returncode == 0
+            result = run_script(script, runs[name])
+            assert result.returncode == 0, result.stderr
     for product in ("all_prob.tif", "all_binary.tif"):
         clean = (tmp_path / "clean" / "out" / "merged" / product).read_bytes()
         assert (tmp_path / "killed" / "out" / "merged" / product).read_bytes() == clean
@@ -134,3 +135,15 @@ def test_tile_list_from_another_grid_is_refused(tmp_path, model_dir):
     )
     assert "another grid.origin, tile_size or stride" in line
     assert not (tmp_path / "out" / "tiles").exists()
+
+
+def test_model_trained_on_other_data_is_refused_before_any_work(tmp_path, model_dir):
+    exp = write_experiment(
+        tmp_path, [scene(tmp_path)], model_dir, model={"expected_data_version": "planet-2025"}
+    )
+    assert run_script("create_tiles.py", exp).returncode == 0
+    line = assert_one_line_error(
+        run_script("predict.py", exp), "normalization_stats.json", "planet-2025", "test"
+    )
+    assert "data_version" in line
+    assert not (tmp_path / "out" / "predictions").exists()

@@ -81,7 +81,7 @@ def test_merged_equals_whole_image(tmp_path, model_dir, tile, stride, chunk_tile
 
 def test_regions_cut_anywhere(tmp_path, model_dir):
     scene, data = make_scene(tmp_path)
-    x0, y0 = lattice_transform(*RASTER_AT) * (0, 0)
+    x0, y0 = lattice_transform(*RASTER_AT) @ (0, 0)
     # two regions meeting at raster column 150 / row 120, neither aligned with a chunk
     west = [x0 + 3 * 20, y0 - 3 * 200, x0 + 3 * 150, y0 - 3 * 5]
     south_east = [x0 + 3 * 150, y0 - 3 * 257, x0 + 3 * 301, y0 - 3 * 120]

@@ -84,7 +84,7 @@ def test_polygons_have_exact_measurements(shapes_run):
     ring = frame.loc[frame["area_m2"] == 800 * 9.0].iloc[0]
     assert len(ring.geometry.interiors) == 1  # the hole is kept
     assert ring["perimeter_m"] == pytest.approx((4 * 30 + 4 * 10) * 3.0)
-    x0, y0 = lattice_transform(*AT) * (65, 65)  # the ring's centroid: the square's centre
+    x0, y0 = lattice_transform(*AT) @ (65, 65)  # the ring's centroid: the square's centre
     lon, lat = Transformer.from_crs(3413, 4326, always_xy=True).transform(x0, y0)
     assert (ring["centroid_lon"], ring["centroid_lat"]) == pytest.approx((lon, lat), abs=1e-9)
     assert ring["rts_id"] == f"rts_{AT[0] + 50:07d}_{AT[1] + 50:07d}"
@@ -115,7 +115,9 @@ def test_min_area_drops_specks(tmp_path, model_dir):
     scene, _ = shapes_scene(tmp_path)
     exp = write_experiment(tmp_path, [scene], model_dir, vectorize={"min_area_m2": 1900.0})
     run_all(exp)
-    frame = gpd.read_file(tmp_path / "out" / "vectors" / "rts_predictions.gpkg")
+    frame = gpd.read_file(
+        tmp_path / "out" / "vectors" / "rts_predictions.gpkg", layer="rts_predictions"
+    )
     assert sorted(frame["area_m2"]) == [800 * 9.0, 1000 * 9.0]  # the 200 px shapes are gone
 
 

@@ -117,13 +117,18 @@ class TileGrid:
         """(col, row) of a tile id; ValueError when it is not of the form ``cNNN_rNNN``."""
         c, _, r = tile_id.strip().partition("_")
         if not (c.startswith("c") and r.startswith("r") and c[1:].isdigit() and r[1:].isdigit()):
-            raise ValueError(f"not a tile id of the form c012345_r006789: {tile_id!r}")
+            raise ValueError(f"not an id of the form c012345_r006789: {tile_id!r}")
         return int(c[1:]), int(r[1:])
 
     @staticmethod
     def chunk_id(ccol: int, crow: int) -> str:
         """Chunk id, e.g. ``c00012_r00034`` (chunk column and row)."""
         return f"c{ccol:0{ID_DIGITS_CHUNK}d}_r{crow:0{ID_DIGITS_CHUNK}d}"
+
+    @staticmethod
+    def parse_chunk_id(chunk_id: str) -> tuple[int, int]:
+        """(chunk col, chunk row) of a chunk id; ValueError when it is not ``cNNN_rNNN``."""
+        return TileGrid.parse_tile_id(chunk_id)
 
     def chunk_of_tile(self, col: int, row: int) -> tuple[int, int]:
         """The chunk that holds tile (col, row): the one whose core holds its stride cell."""

@@ -1,16 +1,20 @@
-"""Loading a model folder: weights, normalization statistics and its ``config.yaml``.
+"""The model folder: its weights, normalization statistics and ``config.yaml``, checked.
 
-A model folder holds ``best_model.pth`` (the weights), ``normalization_stats.json``
-(per-channel ``mean`` and ``std`` in input pixel units, and the training ``data_version``) and
-``config.yaml`` (``framework:`` naming the architecture, the calibrated ``threshold``, and the
-architecture's own keys). ``framework`` chooses a loader from ``FRAMEWORKS``:
+A model folder holds ``best_model.pth`` (the weights, in the format ``framework:`` names),
+``normalization_stats.json`` (per-channel ``mean`` and ``std`` in input pixel units, and the
+training ``data_version``) and ``config.yaml``:
 
-- ``torchscript``: ``best_model.pth`` is a TorchScript archive;
-- ``deepseg-unet``: the built-in U-Net (``unet.DeepSegUNet``); ``best_model.pth`` is its
-  ``state_dict`` (or a dict holding it under ``state_dict``).
+- ``framework``: ``torchscript``, ``deepseg-unet``, ``smp`` (DARTS-layout checkpoints) or
+  ``onnx``; ``frameworks.FRAMEWORKS`` holds the loaders and describes each format;
+- ``threshold``: the calibrated probability threshold in [0, 1];
+- ``classes`` (optional): the network's output channels K, checked against its real output;
+- ``positive_class`` (default 1): for K > 1, the class whose softmax probability is mapped;
+- the architecture's own keys (``deepseg-unet``) and free ones (``model_version``, ...).
 
-Every model takes N x C x H x W float32 normalized input, ``x = (x - mean[c]) / std[c]``, and
-returns N x 1 x H x W logits (binary, sigmoid) or N x K x H x W logits (K classes, softmax).
+Every network takes N x C x H x W float32 normalized input, ``x = (x - mean[c]) / std[c]``,
+and returns N x 1 x H x W logits (binary, sigmoid) or N x K x H x W logits (softmax).
+``read_model_card`` checks the folder without the weights (it runs before any work);
+``load_model`` also loads the network and runs it once on a zero tile to learn K.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,12 @@ import torch
 import yaml
 
 from .errors import DeepSegError
+from .frameworks import FRAMEWORKS, brief
 
 log = logging.getLogger(__name__)
 
 WEIGHTS, STATS, CONFIG = "best_model.pth", "normalization_stats.json", "config.yaml"
+PROBE_PX = 512  # side (px) of the zero tile load_model runs: grid.tile_size's default
 
 
 @dataclass
@@ -48,29 +52,7 @@ class LoadedModel:
     config: dict[str, Any]
     stats_md5: str  # MD5 of normalization_stats.json, for the run log
     device: torch.device
-
-
-def _load_torchscript(weights: Path, config: dict[str, Any]) -> torch.nn.Module:
-    with warnings.catch_warnings():  # the user chose TorchScript; torch>=2.9 calls it deprecated
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated")
-        return torch.jit.load(str(weights), map_location="cpu")
-
-
-def _load_deepseg_unet(weights: Path, config: dict[str, Any]) -> torch.nn.Module:
-    from .unet import build_unet
-
-    network = build_unet(config)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    network.load_state_dict(state)
-    return network
-
-
-FRAMEWORKS: dict[str, Callable[[Path, dict[str, Any]], torch.nn.Module]] = {
-    "torchscript": _load_torchscript,
-    "deepseg-unet": _load_deepseg_unet,
-}
+    classes: int  # K, the logit channels the network returns
 
 
 def choose_device(requested: str) -> torch.device:
@@ -92,7 +74,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_stats(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_stats(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray, str, str | None]:
+    """Mean, std (float32, input pixel units), the file's MD5 and its ``data_version``."""
     raw = path.read_bytes()
     try:
         stats = json.loads(raw)
@@ -107,46 +90,169 @@ def _read_stats(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray, str]:
         )
     if not np.all(std > 0):
         raise DeepSegError(f"{path}: every std must be > 0, got {std.tolist()}")
-    return mean, std, hashlib.md5(raw).hexdigest()
+    version = stats.get("data_version")
+    return mean, std, hashlib.md5(raw).hexdigest(), None if version is None else str(version)
 
 
-def load_model(model_dir: Path, bands: int, device: str = "auto") -> LoadedModel:
-    """Load the model folder for input with ``bands`` channels onto ``device``."""
-    config = _read_yaml(model_dir / CONFIG)
+def _check_data_version(path: Path, found: str | None, expected: str | None) -> None:
+    """Refuse statistics computed on other data than the experiment expects."""
+    if expected is not None and found != expected:
+        raise DeepSegError(
+            f"{path}: data_version is {found!r} but model.expected_data_version is "
+            f"{expected!r}; use the model trained on that data or change the experiment"
+        )
+
+
+def _whole(value: Any, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def _class_keys(path: Path, config: dict[str, Any]) -> tuple[int | None, int]:
+    """``classes`` (None when not given) and ``positive_class`` (default 1) of config.yaml."""
+    classes, positive_class = config.get("classes"), config.get("positive_class", 1)
+    if classes is not None and not _whole(classes, 1):
+        raise DeepSegError(f"{path}: classes: expected an integer >= 1, got {classes!r}")
+    if not _whole(positive_class, 0):
+        raise DeepSegError(
+            f"{path}: positive_class: expected an integer >= 0, got {positive_class!r}"
+        )
+    return classes, positive_class
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model folder's description, checked, without loading the weights."""
+
+    folder: Path
+    framework: str
+    threshold: float  # calibrated probability threshold from config.yaml
+    mean: np.ndarray  # float32 (C,), input pixel units
+    std: np.ndarray  # float32 (C,)
+    stats_md5: str  # MD5 of normalization_stats.json, for the run log
+    config: dict[str, Any]
+    classes: int | None  # config.yaml's classes, when given
+    positive_class: int  # for K-class models: the class whose probability is mapped
+    data_version: str | None  # normalization_stats.json's data_version, when given
+
+
+def read_model_card(
+    model_dir: Path, bands: int, expected_data_version: str | None = None
+) -> ModelCard:
+    """Check ``config.yaml`` and the statistics of a model for ``bands`` input channels, and
+    that the statistics' ``data_version`` is ``expected_data_version`` when that is set."""
+    config_path = model_dir / CONFIG
+    config = _read_yaml(config_path)
     framework = config.get("framework")
     if framework not in FRAMEWORKS:
         raise DeepSegError(
-            f"{model_dir / CONFIG}: framework: expected one of {sorted(FRAMEWORKS)}, "
-            f"got {framework!r}"
+            f"{config_path}: framework: expected one of {sorted(FRAMEWORKS)}, got {framework!r}"
         )
     threshold = config.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise DeepSegError(f"{model_dir / CONFIG}: threshold: expected a number in [0, 1]")
-    mean, std, md5 = _read_stats(model_dir / STATS, bands)
-    try:
-        network = FRAMEWORKS[framework](model_dir / WEIGHTS, config)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise DeepSegError(
-            f"{model_dir / WEIGHTS}: cannot load {framework} weights ({exc})"
-        ) from exc
-    target = choose_device(device)
-    network = network.to(target).eval()
-    log.info(
-        "model %s (%s) on %s, threshold %.3f, stats MD5 %s",
+        raise DeepSegError(f"{config_path}: threshold: expected a number in [0, 1]")
+    classes, positive_class = _class_keys(config_path, config)
+    mean, std, md5, data_version = _read_stats(model_dir / STATS, bands)
+    _check_data_version(model_dir / STATS, data_version, expected_data_version)
+    return ModelCard(
         model_dir,
-        framework,
-        target,
-        threshold,
-        md5,
-    )
-    return LoadedModel(
-        network,
         framework,
         float(threshold),
         mean,
         std,
-        int(config.get("positive_class", 1)),
-        config,
         md5,
+        config,
+        classes,
+        positive_class,
+        data_version,
+    )
+
+
+def count_classes(
+    network: torch.nn.Module, card: ModelCard, bands: int, px: int, device: torch.device
+) -> int:
+    """K, the logit channels ``network`` returns for a 1 x ``bands`` x ``px`` x ``px`` zero
+    tile on ``device``, checked against config.yaml's ``classes`` and ``positive_class``."""
+    weights, config_path = card.folder / WEIGHTS, card.folder / CONFIG
+    tile = torch.zeros(1, bands, px, px, device=device)
+    try:
+        with torch.inference_mode():
+            logits = network(tile)
+    except DeepSegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here is the model's, said in one line
+        raise DeepSegError(
+            f"{weights}: the network fails on a 1 x {bands} x {px} x {px} tile ({brief(exc)})"
+        ) from exc
+    if not (
+        isinstance(logits, torch.Tensor)
+        and logits.ndim == 4
+        and logits.shape[0] == 1
+        and tuple(logits.shape[2:]) == (px, px)
+    ):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise DeepSegError(
+            f"{weights}: expected N x K x H x W logits, got {got} for a "
+            f"1 x {bands} x {px} x {px} tile"
+        )
+    classes = logits.shape[1]
+    if card.classes is not None and card.classes != classes:
+        raise DeepSegError(
+            f"{config_path}: classes: {card.classes}, but the network returns {classes}"
+        )
+    if classes > 1 and card.positive_class >= classes:
+        raise DeepSegError(
+            f"{config_path}: positive_class: {card.positive_class} is not a class of this "
+            f"{classes}-class network; expected 0 to {classes - 1}"
+        )
+    return classes
+
+
+def load_model(
+    model_dir: Path,
+    bands: int,
+    device: str = "auto",
+    *,
+    expected_data_version: str | None = None,
+    tile_size: int | None = None,
+) -> LoadedModel:
+    """Load the model folder for input with ``bands`` channels onto ``device``.
+
+    The network is run once on a zero tile of ``tile_size`` px (default: the size the network
+    fixes, if any, else ``PROBE_PX``) to learn and check its class count.
+    """
+    card = read_model_card(model_dir, bands, expected_data_version)
+    try:
+        network = FRAMEWORKS[card.framework](model_dir / WEIGHTS, card.config)
+    except DeepSegError:
+        raise
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DeepSegError(
+            f"{model_dir / WEIGHTS}: cannot load {card.framework} weights ({brief(exc)})"
+        ) from exc
+    target = choose_device(device)
+    network = network.to(target).eval()
+    px = tile_size or getattr(network, "fixed_px", None) or PROBE_PX
+    classes = count_classes(network, card, bands, px, target)
+    log.info(
+        "model %s (%s, %d class%s) on %s, threshold %.3f, stats MD5 %s, data_version %s",
+        model_dir,
+        card.framework,
+        classes,
+        "" if classes == 1 else "es",
         target,
+        card.threshold,
+        card.stats_md5,
+        card.data_version,
+    )
+    return LoadedModel(
+        network,
+        card.framework,
+        card.threshold,
+        card.mean,
+        card.std,
+        card.positive_class,
+        card.config,
+        card.stats_md5,
+        target,
+        classes,
     )

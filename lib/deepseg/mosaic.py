@@ -1,112 +1,113 @@
-"""Stage ``merge``: probability stores -> per-region Cloud-Optimized GeoTIFFs.
+"""Stage ``merge``: the probability stores -> per-region Cloud-Optimized GeoTIFFs.
 
-Per region, ``{region}_prob.tif`` (float32 in [0, 1], nodata -1, LZW with the floating-point
-predictor, 512 px internal tiles, averaged overviews) and ``{region}_binary.tif`` (uint8 0/1
-at the threshold, nodata 255, LZW, nearest overviews), both in ``crs`` on the grid's pixel
-lattice. Neighbouring probability stores overlap by ``tile_size - stride``; the overlap is
-combined with the rule used inside a chunk (maximum), so the result does not depend on
-``grid.chunk_tiles``. The region is assembled one chunk core at a time into a tiled GeoTIFF
-(flat memory), which GDAL's COG driver then copies with overviews.
+Per region, always ``{region}_prob.tif`` (float32 in [0, 1], nodata -1, LZW with the
+floating-point predictor, averaged overviews) and ``{region}_binary.tif`` (uint8 0/1 at the
+threshold, nodata 255, nearest overviews); with ``merge.products`` also
+``{region}_uncertainty.tif`` (binary entropy of the fused probability in bits, [0, 1], nodata
+-1) and ``{region}_scales.tif`` (uint8 bit i set where scale i of ``inference.scales`` reached
+the threshold, nodata 255). All in ``crs`` on the grid's pixel lattice, 512 px internal tiles.
+With ``merge.formats: [cog, kea]`` the probability and binary rasters are also written, block
+by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea.create_raster``, with
+overviews equal to the COGs') for RSGISLib/KEA workflows.
+
+Flat memory: the region is assembled window by window (``WINDOW_PX`` square, aligned to the
+output's 512 px blocks so each compressed block is written once) into tiled GeoTIFFs, which
+GDAL's COG driver then copies with overviews, block by block, within ``GDAL_CACHE_MB``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
+from . import kea
+from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
+from .calibration import merge_threshold
 from .config import Experiment
-from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
-from .outputs import RunPaths, atomic_path, finished_files, partial_path
+from .outputs import RunPaths, atomic_path, partial_path
 from .progress import progress
-from .runlog import record_stage
-from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
+from .runner import Stage, UnitResult, run
+from .stores import PROB_NODATA
 
 log = logging.getLogger(__name__)
 BINARY_NODATA = 255
-DEFAULT_REGION = "all"
+WINDOW_PX = 4096  # a multiple of the 512 px block
+GDAL_CACHE_MB = 512
+# merge.formats kea: (layer, band description, overview resampling)
+KEA_LAYERS = (("prob", "probability", "average"), ("binary", "binary", "nearest"))
+
+
+def binary_entropy(prob: np.ndarray) -> np.ndarray:
+    """H(p) = -p log2 p - (1 - p) log2 (1 - p) in bits (0 at p = 0 or 1); nodata stays -1."""
+    p = np.clip(prob.astype(np.float64), 1e-12, 1 - 1e-12)  # float32 rounds 1 - 1e-12 to 1
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    h[(prob <= 0) | (prob >= 1)] = 0.0
+    return np.where(prob == PROB_NODATA, PROB_NODATA, h).astype(np.float32)
+
+
+def _binary(prob: np.ndarray, hits: np.ndarray, threshold: float) -> np.ndarray:
+    out = (prob >= threshold).astype(np.uint8)
+    out[prob == PROB_NODATA] = BINARY_NODATA
+    return out
 
 
 @dataclass(frozen=True)
-class StoreIndex:
-    """The probability stores of a run, by chunk, with what they recorded."""
+class Layer:
+    """One merged raster: its type, nodata, compression predictor, overview resampling."""
 
-    paths: dict[tuple[int, int], Path]
-    valid_boxes: dict[tuple[int, int], PixelBox]
-    threshold: float  # the threshold recorded at predict time
-    scales: tuple[float, ...]
-
-    @classmethod
-    def scan(cls, folder: Path) -> StoreIndex:
-        paths, boxes, thresholds, scales = {}, {}, set(), set()
-        for path in finished_files(folder, ".kea"):
-            attrs = read_prob_attrs(path)
-            paths[attrs["chunk"]] = path
-            boxes[attrs["chunk"]] = attrs["valid_box"]
-            thresholds.add(attrs["threshold"])
-            scales.add(attrs["scales"])
-        if not paths:
-            raise DeepSegError(f"{folder}: no probability stores; run predict.py first")
-        if len(thresholds) > 1 or len(scales) > 1:
-            raise DeepSegError(
-                f"{folder}: stores were predicted with different thresholds {sorted(thresholds)} "
-                f"or scales {sorted(scales)}; rerun predict.py --force"
-            )
-        return cls(paths, boxes, thresholds.pop(), scales.pop())
+    dtype: str
+    nodata: float
+    predictor: str
+    resampling: str
+    compute: Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (prob, hits, threshold)
 
 
-def regions(exp: Experiment, grid: TileGrid, index: StoreIndex) -> dict[str, PixelBox]:
-    """Region name -> grid-pixel box: ``regions:`` bboxes, else one region over all predictions."""
-    if exp.regions:
-        return {name: grid.box_of_bounds(bbox) for name, bbox in exp.regions.items()}
-    boxes = [b for b in index.valid_boxes.values() if b.width > 0]
-    total = boxes[0]
-    for box in boxes[1:]:
-        total = total.union(box)
-    return {DEFAULT_REGION: total}
+LAYERS: dict[str, Layer] = {
+    "prob": Layer("float32", PROB_NODATA, "FLOATING_POINT", "AVERAGE", lambda p, h, t: p),
+    "binary": Layer("uint8", BINARY_NODATA, "NO", "NEAREST", _binary),
+    "uncertainty": Layer(
+        "float32", PROB_NODATA, "FLOATING_POINT", "AVERAGE", lambda p, h, t: binary_entropy(p)
+    ),
+    "scales": Layer(
+        "uint8", BINARY_NODATA, "NO", "NEAREST", lambda p, h, t: np.where(p == PROB_NODATA, 255, h)
+    ),
+}
 
 
-def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.ndarray, np.ndarray]:
-    """Fused probability (nodata -1) and scale bits over ``window`` from the stores reaching it."""
-    prob = np.full((window.height, window.width), PROB_NODATA, dtype=np.float32)
-    hits = np.zeros((window.height, window.width), dtype=np.uint8)
-    ccols, crows = grid.chunks_touching(window)
-    for chunk in ((c, r) for r in crows for c in ccols):
-        path = index.paths.get(chunk)
-        part = read_prob_window(path, window) if path is not None else None
-        if part is not None:
-            np.maximum(prob, part[0], out=prob)
-            hits |= part[1]
-    return prob, hits
+def layer_names(exp: Experiment) -> list[str]:
+    """The rasters a region gets: prob and binary, then the products asked for."""
+    return ["prob", "binary", *[p for p in exp.merge.products if p in LAYERS]]
 
 
-def _cores(grid: TileGrid, box: PixelBox) -> list[PixelBox]:
-    """The chunk cores intersected with ``box``, row by row: the units assembled at once."""
-    n = grid.chunk_px
-    windows = []
-    for row in range(box.row0 // n, (box.row1 - 1) // n + 1):
-        for col in range(box.col0 // n, (box.col1 - 1) // n + 1):
-            part = grid.chunk_core(col, row).intersection(box)
-            if part is not None:
-                windows.append(part)
-    return windows
+def windows(box: PixelBox, size: int = WINDOW_PX) -> list[PixelBox]:
+    """``box`` cut into ``size`` squares from its top-left corner, row by row."""
+    return [
+        PixelBox(c, r, min(c + size, box.col1), min(r + size, box.row1))
+        for r in range(box.row0, box.row1, size)
+        for c in range(box.col0, box.col1, size)
+    ]
 
 
-def _profile(grid: TileGrid, exp: Experiment, box: PixelBox, dtype: str, nodata: float) -> dict:
+def _profile(grid: TileGrid, exp: Experiment, box: PixelBox, layer: Layer) -> dict:
     return dict(
         driver="GTiff",
         width=box.width,
         height=box.height,
         count=1,
-        dtype=dtype,
-        nodata=nodata,
+        dtype=layer.dtype,
+        nodata=layer.nodata,
         crs=CRS.from_user_input(exp.crs),
         transform=grid.transform(box),
         tiled=True,
@@ -117,76 +118,128 @@ def _profile(grid: TileGrid, exp: Experiment, box: PixelBox, dtype: str, nodata:
     )
 
 
-def _to_cog(src: Path, target: Path, predictor: str, resampling: str) -> None:
+def _to_cog(src: Path, target: Path, layer: Layer) -> None:
     with atomic_path(target) as tmp:
         rio_copy(
             src,
             tmp,
             driver="COG",
             COMPRESS="LZW",
-            PREDICTOR=predictor,
+            PREDICTOR=layer.predictor,
             BLOCKSIZE=512,
             OVERVIEWS="IGNORE_EXISTING",
-            OVERVIEW_RESAMPLING=resampling,
+            OVERVIEW_RESAMPLING=layer.resampling,
             BIGTIFF="IF_SAFER",
+            NUM_THREADS=str(len(os.sched_getaffinity(0))),
         )
 
 
+def _open_kea_mosaics(
+    stack: ExitStack, exp: Experiment, grid: TileGrid, box: PixelBox, region: str
+) -> list[tuple[str, h5py.File]]:
+    """With ``merge.formats: [.., kea]``, the region's KEA rasters open for block writes; on
+    leaving ``stack`` each gets its overviews and is renamed into place."""
+    if "kea" not in exp.merge.formats:
+        return []
+    wkt = CRS.from_user_input(exp.crs).to_wkt(version="WKT1_GDAL")
+    files = []
+    for layer, description, resampling in KEA_LAYERS:
+        spec = LAYERS[layer]
+        info = kea.KeaInfo(
+            box.width, box.height, 1, spec.dtype, grid.transform(box), wkt, (spec.nodata,),
+            (description,),
+        )  # fmt: skip
+        tmp = stack.enter_context(atomic_path(RunPaths.of(exp).region_kea(region, layer)))
+        files.append((layer, stack.enter_context(kea.create_raster(tmp, info, resampling))))
+    return files
+
+
 def merge_region(
-    exp: Experiment,
-    grid: TileGrid,
-    index: StoreIndex,
-    name: str,
-    box: PixelBox,
-    paths: RunPaths,
-    threshold: float,
-) -> None:
-    """Write ``{name}_prob.tif`` and ``{name}_binary.tif`` for the region ``box``."""
-    prob_tmp = partial_path(paths.region_prob(name).with_suffix(".stage.tif"))
-    bin_tmp = partial_path(paths.region_binary(name).with_suffix(".stage.tif"))
+    exp: Experiment, grid: TileGrid, index: StoreIndex, name: str, box: PixelBox, threshold: float
+) -> list[Path]:
+    """Write every layer of region ``name`` (grid-pixel ``box``); returns the files written."""
+    paths = RunPaths.of(exp)
+    names = layer_names(exp)
+    targets = [paths.region_layer(name, n) for n in names]
+    staging = [partial_path(t.with_suffix(".stage.tif")) for t in targets]
     paths.merged.mkdir(parents=True, exist_ok=True)
     try:
-        with (
-            rasterio.open(prob_tmp, "w", **_profile(grid, exp, box, "float32", PROB_NODATA)) as p,
-            rasterio.open(bin_tmp, "w", **_profile(grid, exp, box, "uint8", BINARY_NODATA)) as b,
-        ):
-            cores = _cores(grid, box)
-            for window in progress(cores, len(cores), f"merge {name}: chunk cores", log):
-                prob, _ = assemble(grid, index, window)
-                binary = np.where(prob >= threshold, 1, 0).astype(np.uint8)
-                binary[prob == PROB_NODATA] = BINARY_NODATA
-                rows, cols = window.slices_in(box)
-                win = Window(cols.start, rows.start, window.width, window.height)
-                p.write(prob, 1, window=win)
-                b.write(binary, 1, window=win)
-        _to_cog(prob_tmp, paths.region_prob(name), predictor="FLOATING_POINT", resampling="AVERAGE")
-        _to_cog(bin_tmp, paths.region_binary(name), predictor="NO", resampling="NEAREST")
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            with ExitStack() as stack:
+                files = [
+                    stack.enter_context(
+                        rasterio.open(s, "w", **_profile(grid, exp, box, LAYERS[n]))
+                    )
+                    for s, n in zip(staging, names, strict=True)
+                ]
+                keas = _open_kea_mosaics(stack, exp, grid, box, name)
+                parts = windows(box)
+                for window in progress(parts, len(parts), f"merge {name}: windows", log):
+                    prob, hits = assemble(grid, index, window)
+                    arrays = {n: LAYERS[n].compute(prob, hits, threshold) for n in names}
+                    rows, cols = window.slices_in(box)
+                    win = Window(cols.start, rows.start, window.width, window.height)
+                    for f, n in zip(files, names, strict=True):
+                        f.write(arrays[n], 1, window=win)
+                    for layer, f in keas:
+                        kea.write_band(f, 1, arrays[layer], rows.start, cols.start)
+            for s, t, n in zip(staging, targets, names, strict=True):
+                _to_cog(s, t, LAYERS[n])
     finally:
-        prob_tmp.unlink(missing_ok=True)
-        bin_tmp.unlink(missing_ok=True)
+        for s in staging:
+            s.unlink(missing_ok=True)
+    return targets
 
 
-def merge(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Merge every region; a region whose two COGs exist is skipped unless ``force``."""
-    grid = TileGrid.from_experiment(exp)
+def merge_units(exp: Experiment) -> list[str]:
+    """Region names: those of ``regions:``, else the one region covering every prediction."""
+    if exp.regions:
+        return sorted(exp.regions)
+    StoreIndex.of_run(RunPaths.of(exp))  # fails clearly when there is nothing yet
+    return [DEFAULT_REGION]
+
+
+class MergeWorker:
+    """Merges regions of one experiment: the stores are indexed once per process."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.index = StoreIndex.local(RunPaths.of(exp))
+        self.boxes = regions(exp, self.grid, self.index)
+        self.threshold = merge_threshold(exp, self.index.threshold)
+
+    def run(self, unit: str) -> UnitResult:
+        box = self.boxes[unit]
+        log.info(
+            "merge %s: %d x %d px at %g m, threshold %.3f",
+            unit,
+            box.width,
+            box.height,
+            self.grid.resolution,
+            self.threshold,
+        )
+        merge_region(self.exp, self.grid, self.index, unit, box, self.threshold)
+        written = merge_outputs(self.exp, unit)
+        return UnitResult(written, {"regions_written": 1, "pixels": box.width * box.height})
+
+
+def merge_outputs(exp: Experiment, region: str) -> list[Path]:
+    """The files region ``region`` gets under the current ``merge.products`` and ``formats``."""
     paths = RunPaths.of(exp)
-    index = StoreIndex.scan(paths.predictions)
-    threshold = exp.merge.threshold if exp.merge.threshold is not None else index.threshold
-    counts = {"regions_written": 0, "regions_skipped": 0}
-    with record_stage(paths, "merge", counts):
-        for name, box in regions(exp, grid, index).items():
-            done = paths.region_prob(name).exists() and paths.region_binary(name).exists()
-            if done and not force:
-                counts["regions_skipped"] += 1
-                continue
-            log.info(
-                "merge %s: %d x %d px at %g m, threshold %.3f",
-                name,
-                box.width,
-                box.height,
-                grid.resolution,
-                threshold,
-            )
-            merge_region(exp, grid, index, name, box, paths, threshold)
-            counts["regions_written"] += 1
-    return counts
+    kea_files = [paths.region_kea(region, n) for n, *_ in KEA_LAYERS]
+    cogs = [paths.region_layer(region, n) for n in layer_names(exp)]
+    return cogs + (kea_files if "kea" in exp.merge.formats else [])
+
+
+STAGE = Stage(
+    name="merge",
+    units=merge_units,
+    expected=merge_outputs,
+    worker=MergeWorker,
+)
+
+
+def merge(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Merge every region (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

@@ -1,38 +1,43 @@
-"""Stage ``vectorize``: the binary map of each region -> polygons in one GeoPackage.
+"""Stage ``vectorize``: the fused map -> polygons in one GeoPackage, chunk by chunk.
 
-Polygons are the 4-connected groups of pixels at or above the threshold, traced on pixel
-edges (exact areas: a multiple of the pixel area). Attributes are measured in ``crs`` units
-(EPSG:3413 metres by default), never in degrees, before any simplification:
-``rts_id`` (stable: ``rts_{col}_{row}``, the grid pixel where the polygon starts in raster
-order, so reruns and other chunkings give the same ids), ``area_m2``, ``perimeter_m`` (holes
-included), ``centroid_lat``/``centroid_lon`` (WGS84), ``mean_prob``/``max_prob`` (over the
-polygon's pixels), ``detection_scale`` (the scales that reached the threshold on it, e.g.
-``1.0,0.5``), ``tile_ids`` (the grid tiles whose pixels it covers) and ``region``.
+Units are chunk cores holding predictions. Each writes its polygon pieces (see ``pieces``)
+and its footprint to ``vectors/pieces/{chunk}.fgb``; ``gather`` then streams the closed
+pieces to ``vectors/rts_predictions.gpkg`` and joins the open ones, those cut by a core edge,
+into one polygon each (pieces sharing an edge segment; corners do not connect). Memory holds
+one chunk, or the open pieces, never a region.
+
+Attributes, measured in ``crs`` (EPSG:3413 metres by default) before simplification:
+``rts_id`` (``rts_{col}_{row}``, the object's first pixel in raster order, global grid
+pixels: the same whatever the chunking), ``region`` (the region overlapping it most; objects
+outside every region are dropped), ``area_m2``, ``perimeter_m`` (holes included),
+``centroid_lat``/``centroid_lon`` (WGS84), ``mean_prob``/``max_prob`` (over its pixels),
+``detection_scale`` (the scales that reached the threshold on it, e.g. ``1.0,0.5``) and
+``tile_ids`` (the grid tiles its pixels fall in). Layer ``footprints``: the predicted (valid)
+area, one polygon per chunk, so downstream tools can deduplicate overlapping runs.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 import shapely
 from pyproj import Transformer
-from rasterio import features
-from shapely.geometry import box as shapely_box
-from shapely.geometry import shape
 
+from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
+from .calibration import merge_threshold
 from .config import Experiment
-from .errors import DeepSegError
-from .grid import PixelBox, TileGrid
-from .mosaic import BINARY_NODATA, StoreIndex, assemble, regions
+from .grid import TileGrid
 from .outputs import RunPaths, atomic_path
-from .runlog import record_stage
+from .pieces import chunk_footprint, chunk_pieces
+from .progress import progress
+from .runner import Stage, UnitResult, run
 
 log = logging.getLogger(__name__)
-LAYER = "rts_predictions"
+LAYER, FOOTPRINTS = "rts_predictions", "footprints"
 COLUMNS = {
     "rts_id": "str",
     "region": "str",
@@ -47,114 +52,223 @@ COLUMNS = {
 }
 
 
-def _label(binary: np.ndarray, transform) -> tuple[list, np.ndarray]:
-    """Polygons of the 1-pixels and a label image (0 = none, i + 1 = polygon i)."""
-    geoms = [
-        shape(g)
-        for g, v in features.shapes(binary, mask=binary == 1, transform=transform)
-        if v == 1
-    ]
-    labels = np.zeros(binary.shape, dtype=np.int32)
-    if geoms:
-        features.rasterize(
-            ((g, i + 1) for i, g in enumerate(geoms)), out=labels, transform=transform
+def vectorize_units(exp: Experiment) -> list[str]:
+    """Chunks whose core holds a predicted pixel (of any store) inside a region."""
+    grid = TileGrid.from_experiment(exp)
+    index = StoreIndex.of_run(RunPaths.of(exp))
+    boxes = list(regions(exp, grid, index).values())
+    n, units = grid.chunk_px, set()
+    for valid in index.valid_boxes.values():
+        for box in (valid.intersection(b) for b in boxes):
+            if box is not None:
+                units.update(
+                    grid.chunk_id(c, r)
+                    for r in range(box.row0 // n, (box.row1 - 1) // n + 1)
+                    for c in range(box.col0 // n, (box.col1 - 1) // n + 1)
+                )
+    return sorted(units)
+
+
+class VectorizeWorker:
+    """Traces the pieces of chunk cores; the stores are indexed once per process."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        self.index = StoreIndex.local(self.paths)
+        self.threshold = merge_threshold(exp, self.index.threshold)
+
+    def run(self, unit: str) -> UnitResult:
+        core = self.grid.chunk_core(*TileGrid.parse_chunk_id(unit))
+        prob, hits = assemble(self.grid, self.index, core)
+        footprint = chunk_footprint(prob, core, self.grid)
+        if footprint is None:
+            return UnitResult([], {"pieces": 0})
+        frame = chunk_pieces(prob, hits, core, self.grid, self.threshold, self.exp.crs)
+        frame["kind"] = "piece"
+        # typed values in the footprint row too, so no column is written as text or float
+        values = {c: pd.Series([0], dtype=t) for c, t in PIECE_TYPES.items()}
+        foot = gpd.GeoDataFrame(
+            {**values, "kind": ["footprint"]}, geometry=[footprint], crs=self.exp.crs
         )
-    return geoms, labels
+        target = self.paths.pieces / f"{unit}.fgb"
+        with atomic_path(target) as tmp:
+            pd.concat([frame, foot], ignore_index=True).to_file(
+                tmp, driver="FlatGeobuf", geometry_type="MultiPolygon"
+            )
+        return UnitResult([target], {"pieces": len(frame), "open_pieces": int(frame.open.sum())})
 
 
-def _scale_names(hits_by_label: np.ndarray, scales: tuple[float, ...]) -> list[str]:
-    return [
-        ",".join(f"{s:g}" if s != 1 else "1.0" for i, s in enumerate(scales) if bits >> i & 1)
-        for bits in hits_by_label
-    ]
+PIECE_TYPES = {
+    "n_px": "int64",
+    "sum_prob": "float64",
+    "max_prob": "float64",
+    "scale_bits": "int64",
+    "first_row": "int64",
+    "first_col": "int64",
+    "open": "bool",
+}
 
 
-def _tile_ids(geom, grid: TileGrid, box: PixelBox) -> str:
-    """Ids of the grid tiles whose area the polygon overlaps (touching an edge does not count)."""
-    minx, miny, maxx, maxy = geom.bounds
-    cols, rows = grid.tiles_touching(grid.box_of_bounds((minx, miny, maxx, maxy)))
-    ids = []
-    for row in rows:
-        for col in cols:
-            tile = shapely_box(*grid.bounds(grid.tile_box(col, row)))
-            if geom.intersects(tile) and not geom.touches(tile):
-                ids.append(grid.tile_id(col, row))
-    return ",".join(ids)
+def read_pieces(path: Path) -> tuple[gpd.GeoDataFrame, shapely.Geometry]:
+    """A chunk's pieces (Polygon geometries) and its footprint, from its pieces file."""
+    frame = gpd.read_file(path)
+    is_piece = (frame["kind"] == "piece").to_numpy()
+    footprint = frame.geometry.values[~is_piece][0]
+    pieces = frame[is_piece].drop(columns="kind").astype(PIECE_TYPES)
+    pieces = pieces.set_geometry(shapely.get_geometry(pieces.geometry.values, 0), crs=frame.crs)
+    return pieces.reset_index(drop=True), footprint
 
 
-def region_polygons(
-    exp: Experiment, grid: TileGrid, index: StoreIndex, name: str, box: PixelBox, paths: RunPaths
+def join_open(pieces: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Join the open pieces that share an edge segment, summing their sums (union-find)."""
+    geoms = pieces.geometry.values
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="touches")
+    left, right = left[left < right], right[left < right]
+    shared = shapely.intersection(shapely.boundary(geoms[left]), shapely.boundary(geoms[right]))
+    edge = shapely.length(shared) > 0  # a shared corner point does not connect (4-connected)
+    parent = np.arange(len(geoms))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left[edge], right[edge], strict=True):
+        parent[root(a)] = root(b)
+    groups = pieces.assign(group=[root(i) for i in range(len(geoms))])
+    by_first = groups.sort_values(["first_row", "first_col"]).groupby("group")
+    sums = groups.groupby("group").agg(
+        n_px=("n_px", "sum"),
+        sum_prob=("sum_prob", "sum"),
+        max_prob=("max_prob", "max"),
+        scale_bits=("scale_bits", lambda b: int(np.bitwise_or.reduce(b.to_numpy()))),
+    )
+    sums[["first_row", "first_col"]] = by_first[["first_row", "first_col"]].first()
+    unions = [shapely.union_all(geoms[groups.group.to_numpy() == g]) for g in sums.index]
+    return gpd.GeoDataFrame(sums.reset_index(drop=True), geometry=unions, crs=pieces.crs)
+
+
+def tile_ids(geoms: np.ndarray, grid: TileGrid) -> list[str]:
+    """Per polygon, the ids of the grid tiles whose area it overlaps (a shared edge is not)."""
+    out = []
+    for geom in geoms:
+        cols, rows = grid.tiles_touching(grid.box_of_bounds(geom.bounds))
+        tiles = [(c, r) for r in rows for c in cols]
+        boxes = shapely.box(*np.array([grid.bounds(grid.tile_box(c, r)) for c, r in tiles]).T)
+        inside = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
+        out.append(
+            ",".join(grid.tile_id(c, r) for (c, r), hit in zip(tiles, inside, strict=True) if hit)
+        )
+    return out
+
+
+def assign_regions(geoms: np.ndarray, boxes: dict[str, shapely.Geometry]) -> np.ndarray:
+    """Per polygon, the region it overlaps most (name order breaks ties); "" for none."""
+    if list(boxes) == [DEFAULT_REGION]:
+        return np.full(len(geoms), DEFAULT_REGION, dtype=object)
+    areas = np.zeros((len(boxes), len(geoms)))
+    for i, box in enumerate(boxes.values()):
+        hit = shapely.intersects(geoms, box)
+        areas[i, hit] = shapely.area(shapely.intersection(geoms[hit], box))
+    names = np.array(list(boxes) + [""], dtype=object)
+    best = np.where(areas.max(axis=0) > 0, areas.argmax(axis=0), len(boxes))
+    return names[best]
+
+
+def finalize(
+    parts: gpd.GeoDataFrame, exp: Experiment, boxes: dict[str, shapely.Geometry], scales
 ) -> gpd.GeoDataFrame:
-    """Measure the polygons of one region's binary map (read whole: one region at a time)."""
-    with rasterio.open(paths.region_binary(name)) as src:
-        binary, transform = src.read(1), src.transform
-    with rasterio.open(paths.region_prob(name)) as src:
-        prob = src.read(1)
-    binary[binary == BINARY_NODATA] = 0
-    geoms, labels = _label(binary, transform)
-    n = len(geoms)
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    mean = np.bincount(flat, weights=prob.ravel(), minlength=n + 1)[1:] / np.maximum(counts, 1)
-    peak = np.full(n + 1, -np.inf)
-    np.maximum.at(peak, flat, prob.ravel())
-    _, hits = assemble(grid, index, box)
-    bits = np.zeros(n + 1, dtype=np.int64)
-    for i in range(len(index.scales)):
-        bits |= (np.bincount(flat, weights=(hits.ravel() >> i) & 1, minlength=n + 1) > 0) << i
-    ids, first = np.unique(flat, return_index=True)  # first pixel of each label, raster order
-    rows, cols = np.divmod(first[ids > 0], box.width)
-    shapes = np.empty(n, dtype=object)
-    shapes[:] = geoms
-    centroids = shapely.centroid(shapes)
+    """Objects with their sums -> the output attributes, in regions, filtered, simplified."""
+    # drop vertices that lie exactly on a straight edge (left where cut pieces were joined), so
+    # the geometry does not depend on the chunking; no area changes
+    geoms = shapely.simplify(parts.geometry.values, 0.0, preserve_topology=True)
+    region = assign_regions(geoms, boxes)
+    keep = (region != "") & (shapely.area(geoms) >= exp.vectorize.min_area_m2)
+    parts, geoms, region = parts[keep], geoms[keep], region[keep]
+    centroids = shapely.centroid(geoms)
     to_wgs84 = Transformer.from_crs(exp.crs, "EPSG:4326", always_xy=True)
     lon, lat = to_wgs84.transform(shapely.get_x(centroids), shapely.get_y(centroids))
+    bits = parts["scale_bits"].to_numpy().astype(np.int64)
     table = {
         "rts_id": [
-            f"rts_{box.col0 + c:07d}_{box.row0 + r:07d}" for r, c in zip(rows, cols, strict=True)
+            f"rts_{c:07d}_{r:07d}" for c, r in zip(parts.first_col, parts.first_row, strict=True)
         ],
-        "region": [name] * n,
-        "area_m2": shapely.area(shapes),
-        "perimeter_m": shapely.length(shapes),
+        "region": region,
+        "area_m2": shapely.area(geoms),
+        "perimeter_m": shapely.length(geoms),
         "centroid_lat": lat,
         "centroid_lon": lon,
-        "mean_prob": mean,
-        "max_prob": peak[1:],
-        "detection_scale": _scale_names(bits[1:], index.scales),
-        "tile_ids": [_tile_ids(g, grid, box) for g in geoms],
+        "mean_prob": parts["sum_prob"].to_numpy() / parts["n_px"].to_numpy(),
+        "max_prob": parts["max_prob"].to_numpy(),
+        "detection_scale": [
+            ",".join(str(float(s)) for i, s in enumerate(scales) if b >> i & 1) for b in bits
+        ],
+        "tile_ids": tile_ids(geoms, TileGrid.from_experiment(exp)),
     }
-    return gpd.GeoDataFrame(pd.DataFrame(table).astype(COLUMNS), geometry=geoms, crs=exp.crs)
+    if exp.vectorize.simplify_m > 0:  # after the measurements, keeping holes and validity
+        geoms = shapely.simplify(geoms, exp.vectorize.simplify_m, preserve_topology=True)
+    frame = gpd.GeoDataFrame(pd.DataFrame(table).astype(COLUMNS), geometry=geoms, crs=exp.crs)
+    return frame.sort_values("rts_id").reset_index(drop=True)
 
 
-def _finish(frame: gpd.GeoDataFrame, exp: Experiment) -> gpd.GeoDataFrame:
-    """Drop specks under ``min_area_m2``, then simplify (after measuring), sorted by id."""
-    frame = frame[frame["area_m2"] >= exp.vectorize.min_area_m2]
-    if exp.vectorize.simplify_m > 0:
-        frame = frame.set_geometry(
-            frame.geometry.simplify(exp.vectorize.simplify_m, preserve_topology=True)
-        )
-    return frame.sort_values(["region", "rts_id"]).reset_index(drop=True)
+def _region_geoms(
+    exp: Experiment, grid: TileGrid, index: StoreIndex
+) -> dict[str, shapely.Geometry]:
+    return {n: shapely.box(*grid.bounds(b)) for n, b in regions(exp, grid, index).items()}
 
 
-def vectorize(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Write ``vectors/rts_predictions.gpkg`` (layer ``rts_predictions``) for every region."""
-    grid = TileGrid.from_experiment(exp)
+def gather(exp: Experiment, redo: bool) -> dict[str, int]:
+    """Stream every chunk's closed pieces, then the joined open ones, into the GeoPackage."""
     paths = RunPaths.of(exp)
-    if paths.polygons.exists() and not force:
-        log.info("vectorize: %s exists; skipped (use --force to redo)", paths.polygons)
-        return {"polygons": -1}
-    index = StoreIndex.scan(paths.predictions)
-    counts = {"polygons": 0}
-    with record_stage(paths, "vectorize", counts):
-        frames = []
-        for name, box in regions(exp, grid, index).items():
-            if not paths.region_binary(name).exists():
-                raise DeepSegError(f"{paths.region_binary(name)}: missing; run merge.py first")
-            frames.append(region_polygons(exp, grid, index, name, box, paths))
-        frame = _finish(pd.concat(frames, ignore_index=True), exp)
-        frame = gpd.GeoDataFrame(frame, geometry="geometry", crs=exp.crs)
-        with atomic_path(paths.polygons) as tmp:
-            frame.to_file(tmp, layer=LAYER, driver="GPKG", geometry_type="Polygon")
-        counts["polygons"] = len(frame)
-    log.info("vectorize: %d polygon(s) -> %s", len(frame), paths.polygons)
-    return counts
+    if paths.polygons.exists() and not redo:
+        return {}
+    grid, index = TileGrid.from_experiment(exp), StoreIndex.of_run(paths)
+    boxes, scales = _region_geoms(exp, grid, index), index.scales
+    files = paths.finished(paths.pieces, ".fgb")
+    written, open_parts, footprints = 0, [], []
+    with atomic_path(paths.polygons) as tmp:
+        for path in progress(files, len(files), "vectorize: gathering chunks", log):
+            pieces, footprint = read_pieces(paths.local(path))
+            footprints.append({"chunk_id": path.stem, "geometry": footprint})
+            open_parts.append(pieces[pieces["open"]])
+            written += _append(tmp, finalize(pieces[~pieces["open"]], exp, boxes, scales), written)
+        open_pieces = pd.concat([_empty_pieces(exp), *open_parts], ignore_index=True)
+        if len(open_pieces):
+            joined = join_open(gpd.GeoDataFrame(open_pieces, crs=exp.crs))
+            written += _append(tmp, finalize(joined, exp, boxes, scales), written)
+        if not written:
+            _append(tmp, finalize(_empty_pieces(exp), exp, boxes, scales), 0, force=True)
+        foot = gpd.GeoDataFrame(footprints or {"chunk_id": [], "geometry": []}, crs=exp.crs)
+        foot.to_file(tmp, layer=FOOTPRINTS, driver="GPKG", mode="a", geometry_type="MultiPolygon")
+    log.info("vectorize: %d polygon(s) -> %s", written, paths.polygons)
+    return {"polygons": written}
+
+
+def _empty_pieces(exp: Experiment) -> gpd.GeoDataFrame:
+    columns = {c: pd.Series(dtype=t) for c, t in PIECE_TYPES.items()}
+    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=exp.crs), crs=exp.crs)
+
+
+def _append(target: Path, frame: gpd.GeoDataFrame, so_far: int, force: bool = False) -> int:
+    """Add ``frame`` to the output layer (creating it first); returns the rows added."""
+    if len(frame) or force:
+        mode = "a" if so_far else "w"
+        frame.to_file(target, layer=LAYER, driver="GPKG", mode=mode, geometry_type="Polygon")
+    return len(frame)
+
+
+STAGE = Stage(
+    name="vectorize",
+    units=vectorize_units,
+    expected=lambda exp, unit: [RunPaths.of(exp).pieces / f"{unit}.fgb"],
+    worker=VectorizeWorker,
+    finish=gather,
+)
+
+
+def vectorize(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Trace every chunk and gather the polygons (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

@@ -1,68 +1,195 @@
-"""Stage ``predict``: every tile store in, one probability store per chunk out.
+"""Stage ``predict``: tile stores in, one probability store per chunk out.
 
-Every tile is predicted exactly once per run (it belongs to one chunk); a chunk whose
-probability store exists is skipped unless ``force``.
+Units are the chunks of create_tiles (chunks with a tile over an input, and a listed tile
+when ``grid.tile_list`` or ``--tile-list`` is set). Every tile is predicted exactly once per
+run (it belongs to one chunk); with a tile list only the listed tiles of a store are predicted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 
+import numpy as np
+import torch
+
+from .calibration import merge_threshold
+from .chunk_io import ChunkIO, auto_workers
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import TileGrid
-from .inference import predict_chunk
-from .model import load_model
-from .outputs import RunPaths
-from .progress import progress
-from .runlog import record_stage, update_run_log
-from .stores import read_tile_store, write_prob_store
+from .inference import BatchSize, predict_chunk
+from .manifest import fold
+from .model import WEIGHTS, load_model, read_model_card
+from .outputs import RunPaths, publish
+from .runlog import update_run_log
+from .runner import Event, Stage, UnitResult, run
+from .storage import local_model_dir, model_hashes
+from .stores import TileStore
+from .tiling import listed_tiles, tiling_units
 
 log = logging.getLogger(__name__)
 
 
-def predict(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Predict every staged chunk; returns counts of chunks and tiles."""
-    if exp.merge.method != "max":
-        raise DeepSegError(f"merge.method: {exp.merge.method!r} is not implemented yet; use max")
-    grid = TileGrid.from_experiment(exp)
+def predict_units(exp: Experiment) -> list[str]:
+    """The chunks create_tiles works on (so ``--shard I/N`` picks the same chunks in both
+    stages); a chunk it found without tiles is done at once, with no store."""
     paths = RunPaths.of(exp)
-    stores = paths.tile_stores()
-    if not stores:
+    if not paths.tile_stores() and not fold(paths, "create_tiles"):
         raise DeepSegError(f"{paths.tiles}: no tile stores; run create_tiles.py first")
-    model = load_model(exp.model.dir, len(exp.input.bands), exp.inference.device)
-    threshold = exp.merge.threshold if exp.merge.threshold is not None else model.threshold
+    return tiling_units(exp)
+
+
+def _check(exp: Experiment) -> None:
+    """Refuse a model folder or setting that cannot work, before anything is written."""
+    read_model_card(local_model_dir(exp), len(exp.input.bands), exp.model.expected_data_version)
+
+
+def _prepare(exp: Experiment) -> None:
+    """Record in the run log which model, statistics and settings this run uses."""
+    model_dir = local_model_dir(exp)
+    card = read_model_card(model_dir, len(exp.input.bands), exp.model.expected_data_version)
     update_run_log(
-        paths,
-        model_checkpoint=str(exp.model.dir / "best_model.pth"),
-        model_version=str(model.config.get("model_version", "unknown")),
-        normalization_stats_hash=model.stats_md5,
-        threshold=threshold,
+        RunPaths.of(exp),
+        model_checkpoint=str(exp.model.dir / WEIGHTS),
+        model_files=model_hashes(model_dir),
+        model_version=str(card.config.get("model_version", "unknown")),
+        model_data_version=card.data_version,
+        normalization_stats_hash=card.stats_md5,
+        threshold=merge_threshold(exp, card.threshold),
         scales_used=list(exp.inference.scales),
         tta_config=exp.inference.tta,
     )
-    counts = {"chunks_written": 0, "chunks_skipped": 0, "tiles": 0, "tiles_with_detection": 0}
-    with record_stage(paths, "predict", counts):
-        for path in progress(stores, len(stores), "predict: chunks", log):
-            target = paths.prob_store(path.stem)
-            if target.exists() and not force:
-                counts["chunks_skipped"] += 1
-                continue
-            store = read_tile_store(path)
-            prob, hits, detected = predict_chunk(store, model, exp, grid, threshold)
-            write_prob_store(
-                target,
-                grid,
-                exp.crs,
-                store.chunk,
-                grid.chunk_footprint(*store.chunk),
-                prob,
-                hits,
-                threshold,
-                exp.inference.scales,
+
+
+def only_listed(store: TileStore, listed: set[tuple[int, int]]) -> TileStore:
+    """The store with its tile table cut to the listed tiles."""
+    keep = np.array(
+        [(c, r) in listed for c, r in zip(store.tiles.col, store.tiles.row, strict=True)],
+        dtype=bool,
+    )
+    table = {f.name: getattr(store.tiles, f.name)[keep] for f in dataclasses.fields(store.tiles)}
+    return dataclasses.replace(store, tiles=type(store.tiles)(**table))
+
+
+class PredictWorker:
+    """Predicts chunks of one experiment: the model is loaded once per process, tile stores
+    are read ahead and probability stores written behind it (``chunk_io``)."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        model_dir = local_model_dir(exp)
+        self.model = load_model(
+            model_dir,
+            len(exp.input.bands),
+            exp.inference.device,
+            expected_data_version=exp.model.expected_data_version,
+            tile_size=exp.grid.tile_size,
+        )
+        if self.model.device.type == "cuda":  # convolutions run fastest channels-last there
+            self.model.network = self.model.network.to(memory_format=torch.channels_last)
+        if exp.inference.compile:
+            self.model.network = torch.compile(self.model.network)
+        self.threshold = merge_threshold(exp, self.model.threshold)
+        self.listed = listed_tiles(exp, self.grid)
+        self.staged = fold(self.paths, "create_tiles")
+        self.batch_size = BatchSize(exp.inference.batch_size)
+        workers = exp.inference.io_workers
+        self.io_workers = auto_workers(self.model.device.type) if workers is None else workers
+
+    def run_all(self, units: Sequence[str]) -> Iterator[Event]:
+        """Events for ``units`` (see ``runner.events``), reading ahead and writing behind."""
+        with ChunkIO(self.io_workers) as io:
+            pending = iter(units)
+            reads: deque[tuple[str, Future | None]] = deque()
+            writes: deque[tuple[str, Future, dict[str, int]]] = deque()
+            while True:
+                while len(reads) < io.depth and (unit := next(pending, None)) is not None:
+                    source = self.paths.tile_store(unit)
+                    staged = self.paths.done(source)
+                    reads.append((unit, io.read(source, self.paths.local) if staged else None))
+                if not reads:
+                    break
+                unit, future = reads.popleft()
+                yield "start", unit, None
+                try:
+                    if future is None:
+                        yield "done", unit, self._without_store(unit)
+                        continue
+                    writes.append((unit, *self._predict(unit, future.result(), io)))
+                except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
+                    yield "failed", unit, exc
+                while writes and (writes[0][1].done() or len(writes) > io.depth):
+                    yield self._written(*writes.popleft())
+            while writes:
+                yield self._written(*writes.popleft())
+
+    def _without_store(self, unit: str) -> UnitResult:
+        state = self.staged.get(unit)
+        if state is not None and state.status == "done" and not state.outputs:
+            return UnitResult([], {"tiles": 0})  # staged and found without valid data
+        raise DeepSegError(
+            f"{self.paths.tile_store(unit)}: missing; run create_tiles.py for this chunk first"
+        )
+
+    def _predict(self, unit: str, store: TileStore, io: ChunkIO) -> tuple[Future, dict]:
+        """Predict a chunk; its store is written in the background."""
+        if self.listed is not None:
+            store = only_listed(store, self.listed)
+        pred = predict_chunk(
+            store, self.model, self.exp, self.grid, self.threshold, self.batch_size
+        )
+        if pred.out_of_range:
+            log.error(
+                "chunk %s: %d predicted value(s) outside [0, 1] or NaN, clipped; check the model",
+                unit,
+                pred.out_of_range,
             )
-            counts["chunks_written"] += 1
-            counts["tiles"] += len(store.tiles)
-            counts["tiles_with_detection"] += detected
-    log.info("predict: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return counts
+        footprint = self.grid.chunk_footprint(*store.chunk)
+        future = io.write(
+            self.paths.prob_store(unit),
+            self.grid,
+            self.exp.crs,
+            store.chunk,
+            footprint,
+            (pred.prob, pred.hits, pred.weight),
+            self.threshold,
+            self.exp.inference.scales,
+        )
+        counts = {
+            "chunks_written": 1,
+            "tiles": len(store.tiles),
+            "tiles_with_detection": pred.tiles_with_detection,
+            "values_clipped": pred.out_of_range,
+        }
+        return future, counts
+
+    def _written(self, unit: str, future: Future, counts: dict[str, int]) -> Event:
+        try:
+            info = future.result()
+        except Exception as exc:  # noqa: BLE001 - reported as the unit's failure
+            return "failed", unit, exc
+        target = self.paths.prob_store(unit)
+        publish(target)  # a store written in a background process was not handed over there
+        return "done", unit, UnitResult([target], counts, info)
+
+
+STAGE = Stage(
+    name="predict",
+    units=predict_units,
+    expected=lambda exp, unit: [RunPaths.of(exp).prob_store(unit)],
+    worker=PredictWorker,
+    check=_check,
+    prepare=_prepare,
+    uses_gpu=True,
+)
+
+
+def predict(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Predict every chunk (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

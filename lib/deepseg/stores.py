@@ -18,8 +18,11 @@ Tile store ``tiles/{chunk}.kea`` covers the chunk's *store box* (footprint plus 
 Probability store ``predictions/{chunk}.kea`` covers the chunk's *footprint*: one float32
 band "probability" in [0, 1], nodata -1 (no valid input or no tile), plus
 
-    /DEEPSEG@kind = "probability", @chunk_col, @chunk_row, @box, @threshold, @scales
+    /DEEPSEG@kind = "probability", @chunk_col, @chunk_row, @box, @threshold, @scales,
+            @valid_box (grid px holding a probability), @merge_method ("max" | "sinusoidal")
     /DEEPSEG/scale_hits        uint8 (rows, cols): bit i set where scale i reached @threshold
+    /DEEPSEG/weight            float32 (rows, cols), sinusoidal only: the sum of the tiles'
+                               window weights, so neighbouring stores merge by weighted mean
 """
 
 from __future__ import annotations
@@ -114,9 +117,13 @@ def write_tile_store(
     valid: np.ndarray,
     nodata: float | None,
     tiles: TileTable,
+    descriptions: tuple[str, ...] = (),
 ) -> None:
-    """Write a tile store atomically (temporary name, then rename)."""
-    descriptions = tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
+    """Write a tile store atomically (temporary name, then rename).
+
+    ``descriptions`` name the bands (e.g. the input's "red"); default "band 1", "band 2", ...
+    """
+    descriptions = descriptions or tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
     info = _kea_info(grid, box, crs, pixels.dtype, pixels.shape[0], nodata, descriptions)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -158,8 +165,12 @@ def write_prob_store(
     scale_hits: np.ndarray,
     threshold: float,
     scales: tuple[float, ...],
+    weight: np.ndarray | None = None,
 ) -> None:
-    """Write a probability store atomically; ``prob`` is float32 with nodata -1."""
+    """Write a probability store atomically; ``prob`` is float32 with nodata -1.
+
+    ``weight`` (sinusoidal merge only) is the sum of the tiles' window weights per pixel.
+    """
     info = _kea_info(grid, box, crs, np.float32, 1, PROB_NODATA, ("probability",))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -169,7 +180,10 @@ def write_prob_store(
             group.attrs["threshold"] = float(threshold)
             group.attrs["scales"] = np.asarray(scales, dtype=np.float64)
             group.attrs["valid_box"] = np.asarray(_valid_box(prob, box), dtype=np.int64)
+            group.attrs["merge_method"] = "max" if weight is None else "sinusoidal"
             _dataset(group, "scale_hits", scale_hits.astype(np.uint8, copy=False))
+            if weight is not None:
+                _dataset(group, "weight", weight.astype(np.float32, copy=False))
 
 
 def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
@@ -186,23 +200,33 @@ def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
     )
 
 
-def read_prob_window(path: Path, window: PixelBox) -> tuple[np.ndarray, np.ndarray] | None:
-    """Probability and scale bits of a store over ``window`` (grid px); -1/0 outside the store.
+@dataclass(frozen=True)
+class ProbWindow:
+    """A probability store's values over a window (grid px): -1 / 0 / 0 outside the store."""
 
-    Returns None when the store does not overlap ``window``.
-    """
+    prob: np.ndarray  # float32, nodata -1
+    hits: np.ndarray  # uint8 scale bits
+    weight: np.ndarray | None  # float32 window-weight sums; None for stores merged by max
+
+
+def read_prob_window(path: Path, window: PixelBox) -> ProbWindow | None:
+    """A store's values over ``window``; None when the store does not overlap it."""
     with kea.open_kea(path) as (f, info):
         _, box = _read_box(f, "probability")
         part = box.intersection(window)
         if part is None:
             return None
         rows, cols = part.slices_in(box)
-        prob = np.full((window.height, window.width), PROB_NODATA, dtype=np.float32)
-        hits = np.zeros((window.height, window.width), dtype=np.uint8)
-        inner = part.slices_in(window)
+        shape, inner = (window.height, window.width), part.slices_in(window)
+        prob = np.full(shape, PROB_NODATA, dtype=np.float32)
+        hits = np.zeros(shape, dtype=np.uint8)
         prob[inner] = kea.read_window(f, rows.start, cols.start, part.height, part.width)[0]
         hits[inner] = f[GROUP]["scale_hits"][rows, cols]
-    return prob, hits
+        weight = None
+        if "weight" in f[GROUP]:
+            weight = np.zeros(shape, dtype=np.float32)
+            weight[inner] = f[GROUP]["weight"][rows, cols]
+    return ProbWindow(prob, hits, weight)
 
 
 def read_prob_attrs(path: Path) -> dict[str, object]:
@@ -216,4 +240,5 @@ def read_prob_attrs(path: Path) -> dict[str, object]:
             "threshold": float(attrs["threshold"]),
             "scales": tuple(float(s) for s in attrs["scales"]),
             "valid_box": PixelBox(*(int(v) for v in attrs["valid_box"])),
+            "merge_method": str(attrs.get("merge_method", "max")),
         }

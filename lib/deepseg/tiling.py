@@ -17,9 +17,10 @@ from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
 from .outputs import RunPaths
-from .progress import progress
-from .runlog import record_stage, write_resolved_experiment
+from .runlog import write_resolved_experiment
+from .runner import Stage, UnitResult, run
 from .sources import InputRaster, open_inputs, read_box
+from .storage import local_file
 from .stores import TileTable, write_tile_store
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def read_tile_list(path: Path, grid: TileGrid) -> set[tuple[int, int]]:
             )
         tiles.add(col_row)
     return tiles
+
+
+def listed_tiles(exp: Experiment, grid: TileGrid) -> set[tuple[int, int]] | None:
+    """The tiles of ``grid.tile_list`` (a gs:// list is copied to the cache first), or None."""
+    if exp.grid.tile_list is None:
+        return None
+    return read_tile_list(local_file(exp, exp.grid.tile_list), grid)
 
 
 def candidate_chunks(
@@ -118,45 +126,65 @@ def chunk_tiles(
     )
 
 
-def create_tiles(exp: Experiment, force: bool = False) -> dict[str, int]:
-    """Write one tile store per chunk that has tiles; skip chunks already staged unless ``force``.
-
-    Returns counts: chunks written, skipped (already done), empty, and tiles staged.
-    """
+def tiling_units(exp: Experiment) -> list[str]:
+    """Ids of the chunks that may hold tiles (a tile over an input, listed if a list is set)."""
     grid = TileGrid.from_experiment(exp)
-    paths = RunPaths.of(exp)
     inputs = open_inputs(exp, grid)
-    listed = read_tile_list(exp.grid.tile_list, grid) if exp.grid.tile_list else None
+    listed = listed_tiles(exp, grid)
     chunks = candidate_chunks(inputs, grid, listed)
-    if chunks:
-        write_resolved_experiment(exp, paths)
     log.info(
-        "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px) -> %s",
+        "%d input raster(s), %d candidate chunk(s) of %dx%d tiles (halo %d px)",
         len(inputs),
         len(chunks),
         grid.chunk_tiles,
         grid.chunk_tiles,
         grid.halo_px,
-        paths.tiles,
     )
-    counts = {"chunks_written": 0, "chunks_skipped": 0, "chunks_empty": 0, "tiles": 0}
-    with record_stage(paths, "create_tiles", counts):
-        for chunk in progress(chunks, len(chunks), "create_tiles: chunks", log):
-            target = paths.tile_store(grid.chunk_id(*chunk))
-            if target.exists() and not force:
-                counts["chunks_skipped"] += 1
-                continue
-            box = grid.chunk_store_box(*chunk)
-            pixels, valid = read_box(inputs, exp, grid, box)
-            tiles = chunk_tiles(grid, chunk, box, valid, listed)
-            if len(tiles) == 0:
-                counts["chunks_empty"] += 1
-                target.unlink(missing_ok=True)  # a --force rerun may find an older store
-                continue
-            write_tile_store(
-                target, grid, exp.crs, chunk, box, pixels, valid, inputs[0].nodata, tiles
-            )
-            counts["chunks_written"] += 1
-            counts["tiles"] += len(tiles)
-    log.info("create_tiles: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return counts
+    return sorted(grid.chunk_id(*chunk) for chunk in chunks)
+
+
+class TilingWorker:
+    """Stages chunks of one experiment: the inputs are opened once per process."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.grid = TileGrid.from_experiment(exp)
+        self.paths = RunPaths.of(exp)
+        self.inputs = open_inputs(exp, self.grid)
+        self.listed = listed_tiles(exp, self.grid)
+        bands = zip(self.inputs[0].descriptions, exp.input.bands, strict=True)
+        self.band_names = tuple(d or f"band {b}" for d, b in bands)
+
+    def run(self, unit: str) -> UnitResult:
+        """Write the chunk's tile store, or none (removing an older one) when it has no tiles."""
+        chunk = TileGrid.parse_chunk_id(unit)
+        target = self.paths.tile_store(unit)
+        box = self.grid.chunk_store_box(*chunk)
+        pixels, valid = read_box(self.inputs, self.exp, self.grid, box)
+        tiles = chunk_tiles(self.grid, chunk, box, valid, self.listed)
+        if len(tiles) == 0:
+            target.unlink(missing_ok=True)  # a --force rerun may find an older store
+            return UnitResult([], {"tiles": 0, "chunks_empty": 1})
+        nodata, names = self.inputs[0].nodata, self.band_names
+        write_tile_store(
+            target, self.grid, self.exp.crs, chunk, box, pixels, valid, nodata, tiles, names
+        )
+        return UnitResult([target], {"tiles": len(tiles), "chunks_written": 1})
+
+
+def _prepare(exp: Experiment) -> None:
+    write_resolved_experiment(exp, RunPaths.of(exp))
+
+
+STAGE = Stage(
+    name="create_tiles",
+    units=tiling_units,
+    expected=lambda exp, unit: [RunPaths.of(exp).tile_store(unit)],
+    worker=TilingWorker,
+    prepare=_prepare,
+)
+
+
+def create_tiles(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
+    """Stage every chunk that has tiles (see ``runner.run``)."""
+    return run(STAGE, exp, force=force, shard=shard)

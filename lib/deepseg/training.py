@@ -251,7 +251,7 @@ def train(exp: Experiment, force: bool = False, output: Path | None = None) -> d
     network = network.to(device, memory_format=torch.channels_last)  # 2x faster on CPU
     # fed exactly as predict.py will feed it: float32 statistics, as model.load_model reads them
     stats32 = (mean.astype(np.float32), std.astype(np.float32))
-    model = LoadedModel(network, "deepseg-unet", 0.5, *stats32, 1, {}, "", device)
+    model = LoadedModel(network, "deepseg-unet", 0.5, *stats32, 0, {}, "", device, 1)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, total_steps=cfg.steps, pct_start=0.2

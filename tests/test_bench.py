@@ -1,0 +1,143 @@
+"""The benchmarks in bench/: the run-size projection counts tiles exactly (against a brute-force
+shapely count), and the throughput benchmark runs the real predict stage and reports it."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from rasterio import features
+from shapely.geometry import MultiPolygon, Polygon
+
+from conftest import REPO, shared_file, write_model
+
+sys.path.insert(0, str(REPO / "bench"))
+import project  # noqa: E402
+import throughput  # noqa: E402
+
+ORIGIN = (-4000100.0, 4100100.0)
+AT_TILE = (2400, 3600)  # grid column and row of the synthetic domain's reference tile
+
+
+def brute_force_tiles(domain: shapely.Geometry, grid) -> set[tuple[int, int]]:
+    """Every tile near the domain whose box (crs units) intersects it, tested one by one."""
+    cols, rows = grid.tiles_touching(grid.box_of_bounds(domain.bounds))
+    return {
+        (c, r)
+        for r in range(rows.start - 1, rows.stop + 1)
+        for c in range(cols.start - 1, cols.stop + 1)
+        if shapely.box(*grid.bounds(grid.tile_box(c, r))).intersects(domain)
+    }
+
+
+def projected_tiles(domain: shapely.Geometry, grid) -> set[tuple[int, int]]:
+    tiles, col0, row0 = project.touching_tiles(domain, grid)
+    return {(col0 + int(c), row0 + int(r)) for r, c in zip(*np.nonzero(tiles), strict=True)}
+
+
+def synthetic_domain(grid, cell_px: int) -> MultiPolygon:
+    """A star with a hole, a speck inside one cell, and a quadrilateral whose top edge runs
+    within 0.002 cell of a lattice line, where GDAL's all_touched marks cells it does not
+    touch; coordinates in lattice cells of ``cell_px`` (y up), placed at tile ``AT_TILE``."""
+    rng = np.random.default_rng(5)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 23))
+    radii = rng.uniform(3, 11, 23)
+    star = Polygon(np.column_stack([15.3 + radii * np.cos(angles), 14.6 + radii * np.sin(angles)]))
+    star = star.difference(shapely.Point(15.1, 14.2).buffer(1.7)).buffer(0)
+    edge = Polygon([(30.78310819, 31.00183586), (34.32738968, 30.99620852), (34.3, 26.4)])
+    speck = Polygon([(40.31, 5.42), (40.62, 5.47), (40.45, 5.71)])
+    res, (col, row) = grid.resolution, (AT_TILE[0] * grid.stride, AT_TILE[1] * grid.stride)
+    x0, y0 = grid.origin_x + col * res, grid.origin_y - (row + 45 * cell_px) * res
+
+    def to_map(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([x0 + xy[:, 0] * cell_px * res, y0 + xy[:, 1] * cell_px * res])
+
+    return MultiPolygon([shapely.transform(p, to_map) for p in (star, edge, speck)])
+
+
+@pytest.mark.parametrize("tile, stride", [(512, 256), (512, 192), (256, 256)])
+def test_projection_counts_the_tiles_and_chunks_a_brute_force_count_finds(tile, stride):
+    grid = project.projection_grid(ORIGIN, 3.0, tile, stride, 4, (1.0, 0.5))
+    cell = int(np.gcd(tile, stride))
+    domain = synthetic_domain(grid, cell)
+    expected = brute_force_tiles(domain, grid)
+    assert projected_tiles(domain, grid) == expected
+    tiles, _, _ = project.touching_tiles(domain, grid)
+    assert project.count_chunks(tiles, 4) == len({grid.chunk_of_tile(*t) for t in expected})
+    # the near-horizontal edge: all_touched alone marks cells the domain does not touch
+    corner = grid.tile_box(*AT_TILE)
+    x0, y0 = ORIGIN[0] + corner.col0 * 3.0, ORIGIN[1] - corner.row0 * 3.0
+    transform = Affine(cell * 3.0, 0, x0, 0, -cell * 3.0, y0)
+    marked = features.rasterize([domain], (50, 50), transform=transform, all_touched=True)
+    assert marked.sum() > project.touching_cells(domain, transform, (50, 50)).sum()
+
+
+def test_projection_counts_a_window_of_the_real_domain_exactly():
+    domain = project.read_domain(
+        shared_file("domain/circumpolar_north_domain.geojson"), "EPSG:3413"
+    )
+    x, y = shapely.line_interpolate_point(domain.boundary, 0.3, normalized=True).coords[0]
+    window = domain.intersection(shapely.box(x - 40_000, y - 40_000, x + 40_000, y + 40_000))
+    grid = project.projection_grid(ORIGIN, 3.0, 512, 256, 16, (1.0, 0.5))
+    expected = brute_force_tiles(window, grid)
+    assert len(expected) > 2000
+    assert projected_tiles(window, grid) == expected
+
+
+def test_throughput_runs_the_predict_stage_and_prints_its_table(tmp_path, capsys):
+    results = tmp_path / "RESULTS.md"
+    argv = [
+        "--model", str(write_model(tmp_path / "model")), "--device", "cpu",
+        "--tile-size", "64", "--stride", "32", "--chunk-tiles", "2", "--chunks", "4",
+        "--configs", "s1-none", "s2-minimal", "--batch", "3", "--repeat", "1",
+        "--model-seconds", "0", "--work", str(tmp_path / "work"),
+        "--results", str(results), "--record",
+    ]  # fmt: skip
+    rows = throughput.main(argv)
+    printed = capsys.readouterr().out
+    assert "| mode | config | passes/tile | tiles | model-only tiles/s | end-to-end tiles/s |" in (
+        printed
+    )
+    assert [(r["config"], r["passes"], r["tiles"], r["chunks"]) for r in rows] == [
+        ("s1-none", 1, 16, 4),  # 4 chunks of 2 x 2 tiles, every tile over the scene
+        ("s2-minimal", 4, 16, 4),
+    ]
+    for row in rows:  # model-only = forward passes/s over passes per tile; ratios from them
+        assert row["model_tiles_s"] * row["passes"] == pytest.approx(row["forward_tiles_s"])
+        assert row["ratio"] == pytest.approx(row["e2e_tiles_s"] / row["model_tiles_s"])
+        assert row["steady_ratio"] == pytest.approx(row["steady_tiles_s"] / row["model_tiles_s"])
+        assert row["hours_40M"] == pytest.approx(40e6 / row["steady_tiles_s"] / 3600)
+        line = next(ln for ln in printed.splitlines() if ln.startswith(f"| fp32 | {row['config']}"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4:10] == [
+            f"{row['model_tiles_s']:,.1f}",
+            f"{row['e2e_tiles_s']:,.1f}",
+            f"{row['ratio']:.2f}",
+            f"{row['steady_tiles_s']:,.1f}",
+            f"{row['steady_ratio']:.2f}",
+            "n/a",  # GPU utilization, on CPU
+        ]
+    runs = sorted((tmp_path / "work").glob("*/run-scales-*"))
+    assert [len(list((run / "predictions").glob("c*.kea"))) for run in runs] == [4, 4]
+    recorded = project.recorded_rates(results)
+    assert [r["rate_tiles_s"] for r in recorded] == [r["rate_tiles_s"] for r in rows]
+    assert "`python bench/throughput.py --model" in results.read_text()
+
+    domain = tmp_path / "domain.geojson"
+    grid = project.projection_grid(ORIGIN, 3.0, 512, 256, 16, (1.0, 0.5))
+    shape = synthetic_domain(grid, 256)
+    domain.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(shape)}
+    ], "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3413"}}}))  # fmt: skip
+    text = project.main(
+        ["--domain", str(domain), "--stores", str(runs[0]), "--results", str(results)]
+    )
+    n_tiles = len(brute_force_tiles(shape, grid))
+    assert f"| tiles (box intersects the domain) | {n_tiles:,} |" in text
+    hours = re.findall(r"\| s2-minimal \| [\d,.]+ \| ([\d,.]+) \|", text)
+    assert hours == [f"{n_tiles / rows[1]['rate_tiles_s'] / 3600:,.1f}"]

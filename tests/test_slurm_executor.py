@@ -1,0 +1,263 @@
+"""cluster.executor: slurm against the real one-node Slurm the tests start (tests/slurm_cluster):
+the stages as job arrays, identical to a local run; cancelled, killed and requeued tasks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, lattice_transform, write_experiment, write_model, write_raster
+from deepseg.config import load_experiment
+from deepseg.errors import DeepSegError
+from deepseg.manifest import fold
+from deepseg.mosaic import merge
+from deepseg.outputs import RunPaths
+from deepseg.predicting import STAGE as PREDICT
+from deepseg.predicting import predict
+from deepseg.slurm import render_job_script
+from deepseg.tiling import STAGE as TILING
+from deepseg.tiling import create_tiles
+from slurm_cluster import cancel_all_jobs
+
+pytestmark = pytest.mark.slurm
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_predict.txt"
+STAGES = ("create_tiles", "predict", "merge", "vectorize")
+
+
+@pytest.fixture(autouse=True)
+def idle_cluster_after(request):
+    """Leave no job behind (the next test expects an idle node)."""
+    yield
+    if "slurm_cluster" in request.fixturenames:
+        cancel_all_jobs()
+        wait_until(
+            lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout,
+            timeout=120,
+            what="an empty queue",
+        )
+
+
+def scene(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(5).integers(1, 255, size=(3, 200, 200), dtype=np.uint8)
+    data[:, :30, :50] = 0
+    return write_raster(folder / "scene.tif", data, lattice_transform(640 + 9, 640 + 3))
+
+
+def experiment(folder: Path, model: Path, **slurm) -> Path:
+    """The test run (25 chunks of 2 x 2 tiles) on the local-test profile."""
+    cluster = {"profile": "local-test", "slurm": slurm}
+    return write_experiment(folder, [scene(folder)], model, cluster=cluster)
+
+
+def local_run(folder: Path, model: Path) -> Path:
+    exp = load_experiment(write_experiment(folder, [scene(folder)], model))
+    for stage in (create_tiles, predict, merge):
+        stage(exp)
+    return folder / "out" / "merged"
+
+
+def merged_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tif"))}
+
+
+def sacct(job: str, field: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-j", job, "-X", "-n", "-P", "-o", field], capture_output=True, text=True
+    )
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def test_sbatch_driver_runs_every_stage_as_arrays_like_a_local_run(
+    slurm_cluster, tmp_path, model_dir
+):
+    """sbatch --wait DeepSeg.sh EXPERIMENT: arrays split at max_array_size, every unit once,
+    a GPU asked for by predict only, merged rasters byte-identical to the local executor."""
+    expected = merged_bytes(local_run(tmp_path / "local", model_dir))
+    exp_path = experiment(
+        tmp_path / "slurm", model_dir, units_per_task=3, max_array_size=4, gpus_per_node=1
+    )
+    log = tmp_path / "driver.log"
+    result = subprocess.run(
+        ["sbatch", "--wait", "--cpus-per-task=1", "--mem=1G", f"--output={log}",
+         str(REPO / "DeepSeg.sh"), str(exp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, log.read_text()[-4000:]
+    assert merged_bytes(tmp_path / "slurm" / "out" / "merged") == expected
+    paths = RunPaths(tmp_path / "slurm" / "out")
+    for stage in STAGES:
+        states = fold(paths, stage)
+        assert {s.status for s in states.values()} == {"done"}, stage
+        assert {s.attempts for s in states.values()} == {1}, stage  # each unit exactly once
+        # submitit submits a one-task "array" as a plain job
+        arrays = {s.slurm_array_job or s.slurm_job for s in states.values()}
+        assert None not in arrays, stage
+        if stage in ("create_tiles", "predict"):  # 25 chunks / 3 per task = 9 tasks, 4 per array
+            assert len(states) == 25 and len(arrays) == 3, stage
+            gpus = {a: sacct(a, "AllocTRES") for a in arrays}
+            asked = {a: any("gres/gpu=1" in t for t in trs) for a, trs in gpus.items()}
+            assert set(asked.values()) == {stage == "predict"}, (stage, gpus)
+    assert "=== DeepSeg: vectorize done" in log.read_text()
+
+
+class Slow(torch.nn.Module):
+    """The pointwise test model after ~1 s of matrix products per call (the tasks must run
+    long enough to be cancelled, killed or requeued while they work)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.eye(400) * 0.5
+        for _ in range(120):
+            m = torch.tanh(m @ m + 0.1)
+        logit = (x[:, 0:1] * 1.5 - x[:, 1:2] * 0.5 + x[:, 2:3] * 0.25 + 0.1) * 2.0
+        return logit + 0.0 * m.sum()
+
+
+def running_tasks(folder: Path, stage: str = "predict") -> dict[str, int]:
+    """Array task id (e.g. "12_3") -> units it has started, from the journals."""
+    started: dict[str, int] = {}
+    for journal in (folder / "out" / "logs" / "manifest" / stage).glob("*.jsonl"):
+        task = journal.name.split("-")[0]
+        started[task] = journal.read_text().count('"status": "running"')
+    return started
+
+
+def wait_until(condition, timeout: float = 240, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def task_python_pid(task: str) -> int:
+    """The pid of the submitit python process running array task ``task`` on this node,
+    found by its Slurm environment (``scontrol listpids`` needs a cgroup process tracker)."""
+    job, _, index = task.partition("_")
+    wanted = {f"SLURM_ARRAY_JOB_ID={job}".encode(), f"SLURM_ARRAY_TASK_ID={index}".encode()}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError):
+            continue
+        if b"submitit.core._submit" in cmdline and b"srun" not in cmdline[0] and wanted <= environ:
+            return int(proc.name)
+    raise AssertionError(f"no submitit process for task {task}")
+
+
+def test_cancelled_and_killed_tasks_are_reported_and_a_rerun_completes(
+    slurm_cluster, tmp_path, model_dir
+):
+    expected = merged_bytes(local_run(tmp_path / "local", model_dir))
+    slow = write_model(tmp_path / "slow", Slow())
+    folder = tmp_path / "slurm"
+    exp = load_experiment(experiment(folder, slow, units_per_task=6))
+    create_tiles(exp)
+    failure: list[BaseException] = []
+    driver = threading.Thread(target=lambda: _catch(failure, predict, exp), daemon=True)
+    driver.start()
+
+    def two_at_work() -> list[str] | None:
+        tasks = [t for t, n in running_tasks(folder).items() if 1 <= n < 5]
+        return tasks[:2] if len(tasks) >= 2 else None
+
+    cancelled, killed = wait_until(two_at_work, what="two predict tasks at work")
+    subprocess.run(["scancel", cancelled], check=True)
+    os.kill(task_python_pid(killed), 9)
+    driver.join(timeout=600)
+    assert not driver.is_alive()
+    assert len(failure) == 1 and isinstance(failure[0], DeepSegError)
+    message = str(failure[0])
+    assert re.search(r"predict: 0 unit\(s\) failed \(none\) and \d+ did not finish \(c0", message)
+    states = fold(RunPaths.of(exp), "predict")
+    units = sorted(fold(RunPaths.of(exp), "create_tiles"))
+    unfinished = [u for u in units if u not in states or states[u].status != "done"]
+    assert unfinished and f"did not finish ({', '.join(unfinished[:5])}" in message
+    # units the two tasks had started are recorded as interrupted, not done and not failed
+    assert {states[u].status for u in unfinished if u in states} == {"running"}
+    write_model(slow)  # the fast pointwise model, same outputs: the rerun completes quickly
+    summary = predict(exp)
+    # each interrupted task may have renamed one store into place before being stopped: the
+    # rerun then records it as done instead of predicting it again
+    written = summary["counts"]["chunks_written"]
+    assert len(unfinished) - 2 <= written <= len(unfinished) and summary["done"] == len(units)
+    merge(exp)
+    assert merged_bytes(folder / "out" / "merged") == expected
+
+
+def _catch(failure: list[BaseException], stage, exp) -> None:
+    try:
+        stage(exp)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        failure.append(exc)
+
+
+def test_forced_requeue_resumes_at_the_first_unfinished_chunk(slurm_cluster, tmp_path):
+    slow = write_model(tmp_path / "slow", Slow())
+    folder = tmp_path / "slurm"
+    exp = load_experiment(experiment(folder, slow, units_per_task=25))
+    create_tiles(exp)
+    driver = threading.Thread(target=predict, args=(exp,), daemon=True)
+    driver.start()
+    task = wait_until(
+        lambda: next((t for t, n in running_tasks(folder).items() if n >= 4), None),
+        what="the predict task's fourth unit",
+    )
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)  # as before a time limit
+    driver.join(timeout=600)
+    assert not driver.is_alive()
+    journals = sorted((folder / "out" / "logs" / "manifest" / "predict").glob("*.jsonl"))
+    assert len(journals) == 2  # the task before and after its requeue (another process)
+    records = [line for j in journals for line in j.read_text().splitlines()]
+    done = [r for r in records if '"status": "done"' in r]
+    units = [re.search(r'"unit": "([^"]+)"', r).group(1) for r in done]
+    assert sorted(units) == sorted(set(units)) and len(units) == 25  # nothing done twice
+    first, second = (j.read_text().splitlines() for j in sorted(journals, key=os.path.getmtime))
+    # finished before the requeue: recorded then, or found complete on disk after it (killed
+    # between a store's rename and its record)
+    finished = [r for r in first if '"done"' in r] + [r for r in second if '"recovered"' in r]
+    resumed = next(r for r in second if '"status": "running"' in r)
+    ordered = sorted(fold(RunPaths.of(exp), "predict"))
+    unit = re.search(r'"unit": "([^"]+)"', resumed).group(1)
+    assert unit == ordered[len(finished)]  # the first unit not finished before the requeue
+    assert '"slurm_job"' in resumed  # one task: submitit submits a plain job, no array
+
+
+def test_job_script_matches_the_golden_file(tmp_path, model_dir):
+    """The rendered sbatch script of a predict array; a change to it shows in review. Set
+    DEEPSEG_UPDATE_GOLDEN=1 to rewrite the golden file after an intended change."""
+    exp = load_experiment(
+        experiment(
+            tmp_path, model_dir, gpus_per_node=1, array_parallelism=8, mem_gb=16,
+            extra_sbatch=["--qos=normal", "--exclusive"], setup=["module load cuda/12.4"],
+        )
+    )  # fmt: skip
+    script = render_job_script(PREDICT, exp, n_tasks=40)
+    script = script.replace(str(tmp_path), "<RUN>").replace(sys.executable, "<PYTHON>")
+    if os.environ.get("DEEPSEG_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(script)
+    assert script == GOLDEN.read_text()
+    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --array=0-39%8" in script
+    tiles = render_job_script(TILING, exp, n_tasks=3)
+    assert "gpus" not in tiles  # the stages that use no GPU ask for none
+
+
+def test_slurm_tools_are_not_needed_to_render(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    assert shutil.which("sbatch") is None
+    exp = load_experiment(experiment(tmp_path, model_dir))
+    assert "#SBATCH --partition=debug" in render_job_script(PREDICT, exp, n_tasks=2)
