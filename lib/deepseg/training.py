@@ -1,13 +1,8 @@
 """Training the built-in U-Net on generated scenes: ``train.py``, the experiment's ``train:``.
 
-Data: ``train.scenes`` square scenes of ``scene_size`` px from ``scenes.render_scene`` (seeds
-``scene_seed`` and up; every other one with a giant slump wider than 512 px), labelled with
-their slump footprints. Never the demo scene: its seed is refused. Each step draws
-``batch_size`` crops of ``crop_size`` px: 40 % around a point on a slump's outline (every
-slump equally likely, whatever its size), 30 % on a look-alike's, 30 % anywhere. Crops are
-augmented (the 8 flips and rotations; brightness, per-band gain and offset, noise, in 0-255
-units, nodata kept 0) and normalized as predict.py does (``inference.normalize``, with the
-per-band mean and std of the training scenes' valid pixels). Loss: binary cross-entropy plus
+Data: ``train.scenes`` generated scenes of ``scene_size`` px (seeds ``scene_seed`` and up),
+never the demo scene (its seed is refused), drawn as augmented crops by ``training_data``.
+Each step trains on ``batch_size`` crops of ``crop_size`` px. Loss: binary cross-entropy plus
 soft Dice; AdamW with a one-cycle learning rate peaking at ``learning_rate``.
 
 Every ``validate_every`` steps the validation scene is predicted in ``grid.tile_size``
@@ -32,132 +27,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from rasterio.features import rasterize
 
 from .config import Experiment, GridConfig, TrainConfig
 from .demo import DEMO_SEED
 from .errors import DeepSegError
 from .inference import normalize, probabilities
+from .metrics import PixelTally, best_threshold
 from .model import CONFIG, STATS, WEIGHTS, LoadedModel, choose_device
 from .outputs import atomic_folder
 from .progress import format_seconds, progress
-from .scenes import render_scene
+from .training_data import TRAIN_ROADS, band_stats, labelled_scene, training_batch
 from .unet import DeepSegUNet
 
 log = logging.getLogger(__name__)
-DATA_VERSION = "deepseg-synthetic-v2"
-BETA = 0.5  # F-beta weighting of precision over recall for the threshold
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)  # candidates, probability
-CROP_MIX = (0.4, 0.3)  # shares of crops around a slump, around a look-alike
+DATA_VERSION = "deepseg-synthetic-v3"
 TRAINING_KEYS = "seed scenes scene_size scene_seed crop_size batch_size steps learning_rate".split()
 
 
 @dataclass(frozen=True)
-class LabelledScene:
-    """A generated scene with its truth: pixels (3, H, W) uint8 (0 = nodata), ``truth`` (H, W)
-    True inside slump footprints, and the outline vertices, (n, 2) row, col px, of each slump
-    and each look-alike."""
-
-    pixels: np.ndarray
-    truth: np.ndarray
-    slump_outlines: list[np.ndarray]
-    lookalike_outlines: list[np.ndarray]
-
-
-@dataclass(frozen=True)
 class Calibration:
-    """The F-beta-best threshold on a scene and the pixel scores there."""
+    """The F-beta-best probability threshold on a scene and the pixel scores there."""
 
     threshold: float
     fbeta: float
     precision: float
     recall: float
-
-
-def labelled_scene(size: int, seed: int, giants: int) -> LabelledScene:
-    """The ``size`` x ``size`` px scene of ``seed`` with its slump mask and feature outlines."""
-    scene = render_scene(size, size, seed, giants=giants)
-    truth = np.zeros((size, size), dtype=bool)
-    if scene.slumps:
-        truth = rasterize(scene.slumps, out_shape=(size, size)) > 0
-
-    def outlines(polygons: list) -> list[np.ndarray]:
-        return [np.asarray(p.exterior.coords)[:, ::-1] for p in polygons]
-
-    lookalikes = outlines([poly for _, poly in scene.lookalikes])
-    return LabelledScene(scene.pixels, truth, outlines(scene.slumps), lookalikes)
-
-
-def band_stats(scenes: list[LabelledScene]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std (0-255 units, rounded to 3 decimals) of all valid pixels."""
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
-    for scene in scenes:
-        valid = scene.pixels.any(axis=0)
-        values = scene.pixels[:, valid].astype(np.float64)
-        total += values.sum(axis=1)
-        squares += (values**2).sum(axis=1)
-        count += values.shape[1]
-    mean = total / count
-    std = np.sqrt(squares / count - mean**2)
-    return np.round(mean, 3), np.round(std, 3)
-
-
-def _crop_origin(rng: np.random.Generator, scene: LabelledScene, crop: int) -> tuple[int, int]:
-    """Top-left (row, col) of a crop around a point on the outline of a slump (every slump
-    equally likely), of a look-alike, or anywhere."""
-    size = scene.truth.shape[0]
-    pick = rng.random()
-    outlines = []
-    if pick < CROP_MIX[0]:
-        outlines = scene.slump_outlines
-    elif pick < sum(CROP_MIX):
-        outlines = scene.lookalike_outlines
-    if outlines:
-        outline = outlines[rng.integers(len(outlines))]
-        centre = outline[rng.integers(len(outline))]
-    else:
-        centre = rng.uniform(0, size, 2)
-    top_left = centre - rng.uniform(0.15, 0.85, 2) * crop
-    row, col = np.clip(top_left, 0, size - crop).astype(int)
-    return int(row), int(col)
-
-
-def augment(
-    rng: np.random.Generator, pixels: np.ndarray, truth: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random flip/rotation and photometric change of a (3, c, c) uint8 crop and its truth.
-
-    Returns float32 pixels in 0-255 units (nodata stays 0, valid pixels stay >= 1)."""
-    valid = pixels.any(axis=0)
-    gain = rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, 3)
-    x = pixels.astype(np.float32) * gain.astype(np.float32)[:, None, None]
-    x += np.float32(rng.uniform(-8, 8))
-    x += rng.normal(0, rng.uniform(0, 3), x.shape).astype(np.float32)
-    x = np.where(valid, np.clip(x, 1, 255), 0).astype(np.float32)
-    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-    x, truth = np.rot90(x, turns, axes=(1, 2)), np.rot90(truth, turns)
-    if flip:
-        x, truth = x[:, :, ::-1], truth[:, ::-1]
-    return np.ascontiguousarray(x), np.ascontiguousarray(truth)
-
-
-def training_batch(
-    rng: np.random.Generator, scenes: list[LabelledScene], cfg: TrainConfig, model: LoadedModel
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, c, c) normalized crops and (B, 1, c, c) float truth on the model's device."""
-    xs, ys = [], []
-    c = cfg.crop_size
-    for _ in range(cfg.batch_size):
-        scene = scenes[rng.integers(len(scenes))]
-        row, col = _crop_origin(rng, scene, c)
-        window = (slice(row, row + c), slice(col, col + c))
-        x, y = augment(rng, scene.pixels[:, window[0], window[1]], scene.truth[window])
-        xs.append(normalize(x, x.any(axis=0), model))
-        ys.append(torch.from_numpy(y))
-    truth = torch.stack(ys)[:, None].to(model.device, torch.float32)
-    return torch.stack(xs).contiguous(memory_format=torch.channels_last), truth
 
 
 def segmentation_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -199,22 +93,15 @@ def predict_scene(
     return prob.cpu().numpy()
 
 
-def calibrate_threshold(
-    prob: np.ndarray, truth: np.ndarray, beta: float = BETA, candidates: np.ndarray = THRESHOLDS
-) -> Calibration:
-    """The candidate threshold t with the best pixel F-beta of ``prob >= t`` against ``truth``
-    (the lowest of equal ones), and its precision and recall."""
-    positives, negatives = np.sort(prob[truth]), np.sort(prob[~truth])
-    tp = positives.size - np.searchsorted(positives, candidates, side="left")
-    fp = negatives.size - np.searchsorted(negatives, candidates, side="left")
-    b2 = beta**2
-    fbeta = (1 + b2) * tp / np.maximum((1 + b2) * tp + b2 * (positives.size - tp) + fp, 1)
-    i = int(np.argmax(fbeta))
+def calibrate_threshold(prob: np.ndarray, truth: np.ndarray, beta: float) -> Calibration:
+    """The threshold with the best pixel F-beta of ``prob >= t`` against ``truth`` (1-D
+    arrays), chosen as ``evaluate.py --calibrate`` chooses it (``metrics.best_threshold``:
+    thresholds k / 1000, the middle of the first run that reaches the maximum)."""
+    tally = PixelTally()
+    tally.add(prob, np.zeros(prob.shape, dtype=bool), truth)
+    best = best_threshold(tally, beta)
     return Calibration(
-        float(candidates[i]),
-        float(fbeta[i]),
-        float(tp[i] / max(tp[i] + fp[i], 1)),
-        float(tp[i] / max(positives.size, 1)),
+        best["threshold"], best["f_beta"], best["precision"] or 0.0, best["recall"] or 0.0
     )
 
 
@@ -242,16 +129,28 @@ def train(exp: Experiment, force: bool = False, output: Path | None = None) -> d
     device = choose_device(cfg.device)
     seeds = range(cfg.scene_seed, cfg.scene_seed + cfg.scenes)
     scenes = [
-        labelled_scene(cfg.scene_size, seed, giants=i % 2)
+        labelled_scene(cfg.scene_size, seed, giants=i % 2, roads=TRAIN_ROADS)
         for i, seed in progress(enumerate(seeds), cfg.scenes, "train: scenes", log)
     ]
-    validation = labelled_scene(cfg.validation_size, cfg.validation_seed, giants=1)
+    validation = labelled_scene(
+        cfg.validation_size, cfg.validation_seed, giants=1, roads=TRAIN_ROADS
+    )
     mean, std = band_stats(scenes)
     network = DeepSegUNet(3, 1, cfg.base_channels, cfg.depth)
     network = network.to(device, memory_format=torch.channels_last)  # 2x faster on CPU
     # fed exactly as predict.py will feed it: float32 statistics, as model.load_model reads them
     stats32 = (mean.astype(np.float32), std.astype(np.float32))
-    model = LoadedModel(network, "deepseg-unet", 0.5, *stats32, 0, {}, "", device, 1)
+    model = LoadedModel(
+        network,
+        "deepseg-unet",
+        0.5,
+        *stats32,
+        positive_class=1,
+        config={},
+        stats_md5="",
+        device=device,
+        classes=1,
+    )
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, total_steps=cfg.steps, pct_start=0.2
@@ -271,11 +170,12 @@ def train(exp: Experiment, force: bool = False, output: Path | None = None) -> d
             continue
         prob = predict_scene(model, validation.pixels, exp.grid, cfg.batch_size)
         valid = validation.pixels.any(axis=0)
-        cal = calibrate_threshold(prob[valid], validation.truth[valid])
+        cal = calibrate_threshold(prob[valid], validation.truth[valid], exp.evaluate.beta)
         log.info(
-            "step %d: loss %.3f; validation F0.5 %.3f (precision %.3f, recall %.3f) at %.2f",
+            "step %d: loss %.3f; validation F%g %.3f (precision %.3f, recall %.3f) at %.3f",
             step,
             np.mean(losses[-cfg.validate_every :]),
+            exp.evaluate.beta,
             cal.fbeta,
             cal.precision,
             cal.recall,
@@ -287,7 +187,7 @@ def train(exp: Experiment, force: bool = False, output: Path | None = None) -> d
     step, cal, state = best
     write_model_folder(target, exp, state, mean, std, step, cal)
     log.info(
-        "train: wrote %s (step %d, threshold %.2f, validation F0.5 %.3f) in %s",
+        "train: wrote %s (step %d, threshold %.3f, validation F-beta %.3f) in %s",
         target,
         step,
         cal.threshold,
@@ -329,7 +229,8 @@ def write_model_folder(
         "model_version": f"{exp.name}-unet-{DATA_VERSION}",
         "description": (
             f"DeepSeg U-Net trained by train.py on generated scenes (experiment {exp.name}); "
-            f"threshold = best pixel F{BETA:g} on validation scene {cfg.validation_seed}"
+            f"threshold = best pixel F{exp.evaluate.beta:g} (evaluate.beta) on validation scene "
+            f"{cfg.validation_seed}"
         ),
         "training": {
             **{k: getattr(cfg, k) for k in TRAINING_KEYS},
