@@ -168,5 +168,6 @@ def test_demo_model_finds_scars_and_ignores_lookalikes() -> None:
     slump = rasterize(scene.slumps, out_shape=prob.shape) > 0
     alike = rasterize([p for _, p in scene.lookalikes], out_shape=prob.shape) > 0
     precision, recall = (flagged & slump).sum() / flagged.sum(), flagged[slump].mean()
-    assert precision > 0.85 and recall > 0.75, (precision, recall)
-    assert flagged[alike].mean() < 0.02
+    # measured: precision 1.000, recall 0.753, no look-alike pixel (threshold 0.989)
+    assert precision > 0.95 and recall > 0.7, (precision, recall)
+    assert flagged[alike].mean() < 0.01
