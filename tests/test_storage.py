@@ -92,8 +92,8 @@ def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch):
 
     expected = without_logs(files(tmp_path / "runs" / "local"))
     stored = bucket.objects("inference/remote/")
-    # tile and probability stores, 2 COGs, 1 GPKG, the pieces of 6 chunk cores
-    assert len(expected) == 12 + 12 + 2 + 1 + 6
+    # tile and probability stores, 2 COGs, 1 GPKG, the pieces of 9 chunk cores
+    assert len(expected) == 16 + 16 + 2 + 1 + 9
     assert without_logs(stored) == expected
     for stage in ("create_tiles", "predict", "merge", "vectorize"):  # manifests in the bucket
         manifest = json.loads(stored[f"logs/{stage}_manifest.json"])
