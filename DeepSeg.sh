@@ -4,6 +4,7 @@
 #   bash DeepSeg.sh NAME [STAGE...]       e.g.  bash DeepSeg.sh demo
 #   sbatch DeepSeg.sh NAME [STAGE...]     e.g.  sbatch DeepSeg.sh panarctic predict merge
 #   bash DeepSeg.sh NAME sync [--dry-run]  upload what a gs:// run's bucket lacks or holds differently
+#   bash DeepSeg.sh NAME check            list what the run lacks in logs/check.json; exit 1 if any
 #
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
 # STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
@@ -56,6 +57,9 @@ main() {
     if [[ "${stages[0]}" == "sync" ]]; then
         python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
         return 0
+    fi
+    if [[ "${stages[0]}" == "check" ]]; then  # exit 1: tiles, chunks or polygons are missing
+        exec python -m deepseg.check -e "$name"
     fi
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"

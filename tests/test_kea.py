@@ -12,20 +12,11 @@ import h5py
 import numpy as np
 import pytest
 from affine import Affine
+from kea_helpers import WKT_3413, hdf5_type, small_info
 
 from deepseg import kea
 
 KEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kea"
-WKT_3413 = (
-    'PROJCS["WGS 84 / NSIDC Sea Ice Polar Stereographic North",GEOGCS["WGS 84",'
-    'DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
-    'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],'
-    'UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],AUTHORITY["EPSG","4326"]],'
-    'PROJECTION["Polar_Stereographic"],PARAMETER["latitude_of_origin",70],'
-    'PARAMETER["central_meridian",-45],PARAMETER["false_easting",0],'
-    'PARAMETER["false_northing",0],UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
-    'AUTHORITY["EPSG","3413"]]'
-)
 RGB_SHA256 = (
     "dd1dfd079020ed2336e6751e6cf9a6fc3dcec96b69d11839519a4436ff3d0ef2",
     "4996e1e28612b6b1cea5f50fbcdd5234f9d50de5a39d15a986afbb60f4a514a5",
@@ -178,27 +169,20 @@ def test_read_window_returns_exact_subarrays():
             kea.read_window(f, 0, 0, 1, 1, bands=[4])
 
 
-def _type(tid) -> tuple:
-    if tid.get_class() == h5py.h5t.STRING:
-        size = "vlen" if tid.is_variable_str() else tid.get_size()
-        return ("string", size, tid.get_strpad(), tid.get_cset())
-    return (tid.get_class(), tid.get_size(), tid.get_order())
-
-
 def _tree(path: Path) -> dict:
     """Every object with its HDF5 type, storage settings, attributes and (small) values."""
     tree = {}
 
     def visit(name, obj):
         ids = {k: obj.attrs.get_id(k) for k in obj.attrs}
-        attrs = {k: (_type(a.get_type()), a.shape) for k, a in ids.items()}
+        attrs = {k: (hdf5_type(a.get_type()), a.shape) for k, a in ids.items()}
         node = {"kind": type(obj).__name__, "attrs": attrs}
         node["attr_values"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
         node["attr_values"].pop("BLOCK_SIZE", None)  # depends on the raster size
         if isinstance(obj, h5py.Dataset):
             plist = obj.id.get_create_plist()
             filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
-            node |= {"type": _type(obj.id.get_type()), "layout": plist.get_layout()}
+            node |= {"type": hdf5_type(obj.id.get_type()), "layout": plist.get_layout()}
             node |= {"filters": filters, "fill": (plist.get_fill_time(), plist.get_alloc_time())}
             node |= {"fill_defined": plist.fill_value_defined(), "fillvalue": obj.fillvalue}
             if not name.endswith("DATA") and name not in ("HEADER/SIZE", "HEADER/GENERATOR"):
@@ -244,20 +228,14 @@ def test_round_trip_matches_libkea_layout(tmp_path, name, rows, cols):
     assert _tree(path) == _tree(reference)
 
 
-def _info(**changes) -> kea.KeaInfo:
-    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7000000.0)
-    base = kea.KeaInfo(53, 37, 2, np.dtype("int16"), transform, "", (None, -9999), ("a", "b"))
-    return dataclasses.replace(base, **changes)
-
-
 def test_block_size_override_nodata_unset_and_extra_groups(tmp_path):
     path = tmp_path / "small.kea"
     with h5py.File(path, "w") as f:
-        kea.create(f, _info(width=700, height=600, block_size=256))
+        kea.create(f, small_info(width=700, height=600, block_size=256))
         kea.write_band(f, 2, np.full((3, 4), 7, dtype=np.int8), row_off=597, col_off=696)
         f.create_group("DEEPSEG").create_dataset("tiles", data=np.arange(5))
     with kea.open_kea(path) as (f, info):
-        assert info == _info(width=700, height=600, block_size=256, layer_usage=(0, 0))
+        assert info == small_info(width=700, height=600, block_size=256, layer_usage=(0, 0))
         assert info.nodata == (None, -9999) and info.crs_wkt == ""
         assert "NO_DATA_VAL" not in f["BAND1"] and f["BAND2/NO_DATA_VAL"].dtype == np.dtype("<i2")
         assert f["BAND1/DATA"].chunks == (256, 256) and f["BAND1/DATA"].attrs["BLOCK_SIZE"] == 256
@@ -268,36 +246,13 @@ def test_block_size_override_nodata_unset_and_extra_groups(tmp_path):
 def test_float_nan_nodata_and_same_kind_cast(tmp_path):
     path = tmp_path / "nan.kea"
     with h5py.File(path, "w") as f:
-        kea.create(f, _info(dtype=np.float32, nodata=(math.nan, 0.1)))
+        kea.create(f, small_info(dtype=np.float32, nodata=(math.nan, 0.1)))
         kea.write_band(f, 1, np.full((37, 53), 0.25))  # float64 into float32 is allowed
         with pytest.raises(kea.KeaError, match="cannot write"):
             kea.write_band(f, 1, np.zeros((2, 2), dtype=np.complex64))
     with kea.open_kea(path) as (f, info):
         assert math.isnan(info.nodata[0]) and np.all(kea.read_band(f, 1) == 0.25)
         assert info.nodata[1] == float(np.float32(0.1))  # stored in the band dtype
-
-
-def test_write_overview(tmp_path):
-    path = tmp_path / "ov.kea"
-    with h5py.File(path, "w") as f:
-        kea.create(f, _info(width=700, height=600))
-        kea.write_overview(f, 1, 1, np.ones((300, 350), dtype=np.int16))
-        kea.write_overview(f, 1, 2, np.ones((150, 175), dtype=np.int16))
-        with pytest.raises(kea.KeaError, match="cannot add level 4"):
-            kea.write_overview(f, 1, 4, np.ones((10, 10), dtype=np.int16))
-    with h5py.File(path, "r") as f:
-        overviews, data = f["BAND1/OVERVIEWS"], f["BAND1/DATA"]
-        assert list(overviews) == ["OVERVIEW1", "OVERVIEW2"]
-        for ov, block in ((overviews["OVERVIEW1"], 300), (overviews["OVERVIEW2"], 150)):
-            assert ov.chunks == (block, block) and ov.attrs["BLOCK_SIZE"] == block
-            assert _type(ov.id.get_type()) == _type(data.id.get_type())
-            assert (ov.compression, ov.compression_opts, ov.shuffle) == ("gzip", 1, True)
-            for k in ("CLASS", "IMAGE_VERSION"):
-                assert ov.attrs[k] == data.attrs[k]
-                assert _type(ov.attrs.get_id(k).get_type()) == _type(
-                    data.attrs.get_id(k).get_type()
-                )
-        assert int(overviews["OVERVIEW2"][()].sum()) == 150 * 175
 
 
 @pytest.mark.parametrize(
@@ -314,7 +269,7 @@ def test_write_overview(tmp_path):
 def test_create_rejects_bad_info(tmp_path, changes, match):
     path = tmp_path / "bad.kea"
     with h5py.File(path, "w") as f, pytest.raises(kea.KeaError, match=match) as err:
-        kea.create(f, _info(**changes))
+        kea.create(f, small_info(**changes))
     assert str(path) in str(err.value)
 
 
@@ -349,7 +304,7 @@ def test_broken_files_raise_one_line_naming_the_path(tmp_path, how, match):
         with h5py.File(path, "w") as f:
             if how != "empty_hdf5":
                 rotated = Affine(10.0, 0.5, 500000.0, 0.0, -10.0, 7000000.0)
-                kea.create(f, _info(transform=rotated) if how == "rotated" else _info())
+                kea.create(f, small_info(transform=rotated) if how == "rotated" else small_info())
                 _break(f, how)
     with pytest.raises(kea.KeaError, match=match) as err:
         with kea.open_kea(path):
@@ -369,97 +324,10 @@ def test_fixture_copy_missing_wkt_raises(tmp_path):
     assert str(path) in str(err.value)
 
 
-def _pyramid_cell(cell: np.ndarray, nodata: float | None) -> float:
-    """One average-overview pixel, computed the slow obvious way."""
-    values = [float(v) for v in cell.ravel() if not np.isnan(v) and v != nodata]
-    return sum(values) / len(values) if values else nodata
-
-
-def test_halve_average_and_nearest_match_a_pixel_by_pixel_computation():
-    rng = np.random.default_rng(5)
-    pixels = rng.random((7, 9)).astype(np.float32)
-    pixels[0:2, 0:2] = -1.0  # a whole cell at nodata stays nodata
-    pixels[2, 3], pixels[5, 8] = -1.0, np.nan  # partly invalid cells average the rest
-    average = kea.halve(pixels, "average", -1.0)
-    assert average.shape == (4, 5) and average.dtype == np.float32
-    for i in range(4):
-        for j in range(5):
-            cell = pixels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
-            assert average[i, j] == np.float32(_pyramid_cell(cell, -1.0)), (i, j)
-    nearest = kea.halve(pixels, "nearest", -1.0)  # each cell's top-left pixel
-    np.testing.assert_array_equal(nearest, pixels[np.ix_([0, 2, 4, 6], [0, 2, 4, 6, 8])])
-    integers = np.array([[1, 2, 7], [2, 2, 255], [9, 9, 255]], dtype=np.uint8)
-    np.testing.assert_array_equal(kea.halve(integers, "average", 255), [[2, 7], [9, 255]])
-
-
-def _mosaic_info(width: int, height: int, dtype=np.float32, nodata=-1.0) -> kea.KeaInfo:
-    transform = Affine(3.0, 0.0, -2000100.0, 0.0, -3.0, 1000100.0)
-    return kea.KeaInfo(width, height, 1, np.dtype(dtype), transform, WKT_3413, (nodata,), ("p",))
-
-
-def test_create_raster_writes_blocks_and_builds_the_overview_pyramid(tmp_path):
-    rng = np.random.default_rng(8)
-    pixels = rng.random((1100, 1301)).astype(np.float32)
-    pixels[rng.random(pixels.shape) < 0.3] = -1.0
-    path = tmp_path / "mosaic.kea"
-    with kea.create_raster(path, _mosaic_info(1301, 1100), overviews="average") as f:
-        for r in range(0, 1100, 333):  # blocks that straddle the 512 px chunks
-            for c in range(0, 1301, 290):
-                kea.write_band(f, 1, pixels[r : r + 333, c : c + 290], r, c)
-    expected = [pixels]  # the pyramid from whole arrays: 1100 x 1301 -> 550 x 651 -> 275 x 326
-    while max(expected[-1].shape) > 512:
-        expected.append(kea.halve(expected[-1], "average", -1.0))
-    assert [a.shape for a in expected[1:]] == [(550, 651), (275, 326)]
-    with kea.open_kea(path) as (f, info):
-        assert info == dataclasses.replace(_mosaic_info(1301, 1100), layer_usage=(0,))
-        assert kea.overview_count(f, 1) == 2
-        for level, array in enumerate(expected):
-            rows, cols = array.shape
-            np.testing.assert_array_equal(
-                kea.read_window(f, 0, 0, rows, cols, level=level)[0], array
-            )
-        data = f["BAND1/DATA"]
-        for level, shape in ((1, (550, 651)), (2, (275, 326))):
-            ov = f[f"BAND1/OVERVIEWS/OVERVIEW{level}"]
-            block = min(512, *shape)
-            assert (ov.shape, ov.chunks, ov.attrs["BLOCK_SIZE"]) == (shape, (block, block), block)
-            assert _type(ov.id.get_type()) == _type(data.id.get_type())
-            assert (ov.compression, ov.compression_opts, ov.shuffle) == ("gzip", 1, True)
-            for k in ("CLASS", "IMAGE_VERSION"):
-                assert ov.attrs[k] == data.attrs[k]
-        assert list(f["BAND1/OVERVIEWS"]) == ["OVERVIEW1", "OVERVIEW2"]
-        with pytest.raises(kea.KeaError, match="overview 3 does not exist"):
-            kea.read_window(f, 0, 0, 1, 1, level=3)
-
-
-def test_overviews_are_built_block_by_block_in_flat_memory(tmp_path):
-    """A 64 MB band gets its overviews while Python holds a fraction of it (whole-array
-    pyramids would hold the band and more)."""
-    import tracemalloc
-
-    path, side = tmp_path / "big.kea", 4096
-    band_bytes = side * side * 4
-    tracemalloc.start()
-    try:
-        with kea.create_raster(path, _mosaic_info(side, side), overviews="average") as f:
-            cols = np.arange(side, dtype=np.float32)
-            for r in range(0, side, 256):  # pixel value = row + column
-                kea.write_band(f, 1, cols + np.arange(r, r + 256, dtype=np.float32)[:, None], r, 0)
-            tracemalloc.reset_peak()
-        peak = tracemalloc.get_traced_memory()[1]  # the overviews, built on leaving
-    finally:
-        tracemalloc.stop()
-    with kea.open_kea(path) as (f, _):
-        assert kea.overview_count(f, 1) == 3  # 2048, 1024, 512
-        corner = kea.read_window(f, 0, 0, 2, 2, level=3)[0]  # 8 x 8 cells of r + c
-        np.testing.assert_array_equal(corner, [[7.0, 15.0], [15.0, 23.0]])
-    assert peak < band_bytes / 4, f"overviews held {peak / 2**20:.1f} MiB of Python memory"
-
-
 def test_read_mask_window(tmp_path):
     path = tmp_path / "masked.kea"
     with h5py.File(path, "w") as f:
-        kea.create(f, _info())
+        kea.create(f, small_info())
         mask = f["BAND2"].create_dataset("MASK", (37, 53), "u1", fillvalue=255)
         mask[10:20, 5:9] = 0
     with kea.open_kea(path) as (f, _):

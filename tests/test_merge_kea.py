@@ -11,7 +11,7 @@ from pyproj import CRS
 from test_geometry import make_scene
 
 from conftest import write_experiment
-from deepseg import kea
+from deepseg import kea, kea_pyramid
 from deepseg.config import ConfigError, load_experiment
 from deepseg.mosaic import merge
 from deepseg.predicting import predict
@@ -88,9 +88,9 @@ def test_kea_mosaics_hold_the_cog_pixels_and_an_overview_pyramid(tmp_path, model
             )
             assert info.transform == transform and CRS.from_wkt(info.crs_wkt).to_epsg() == 3413
             np.testing.assert_array_equal(kea.read_band(f, 1), pixels)
-            assert kea.overview_count(f, 1) == 1  # 700 x 600 -> 350 x 300 fits one block
+            assert kea_pyramid.overview_count(f, 1) == 1  # 700 x 600 -> 350 x 300 fits one block
             overview = kea.read_window(f, 0, 0, 300, 350, level=1)[0]
-        np.testing.assert_array_equal(overview, kea.halve(pixels, resampling, nodata))
+        np.testing.assert_array_equal(overview, kea_pyramid.halve(pixels, resampling, nodata))
         with rasterio.open(merged / f"all_{product}.tif", overview_level=0) as cog:
             np.testing.assert_array_equal(overview, cog.read(1))  # GDAL's own overview
     assert not list(merged.glob(".*"))

@@ -15,7 +15,7 @@ from test_errors import assert_one_line_error, run_script
 from test_kea import fixture_path, prob_expected, rgb_expected
 
 from conftest import shared_file, write_experiment, write_raster
-from deepseg import kea
+from deepseg import kea, kea_pyramid
 from deepseg.config import load_experiment
 from deepseg.errors import DeepSegError
 from deepseg.grid import PixelBox, TileGrid
@@ -55,7 +55,7 @@ def geotiff_to_kea(tif: Path, out: Path, rows: int = 512) -> Path:
             src.nodatavals,
             tuple(d or "" for d in src.descriptions),
         )
-        with kea.create_raster(out, info) as f:
+        with kea_pyramid.create_raster(out, info) as f:
             for row in range(0, src.height, rows):
                 window = rasterio.windows.Window(0, row, src.width, min(rows, src.height - row))
                 for band, pixels in enumerate(src.read(window=window), 1):
@@ -69,7 +69,7 @@ def write_kea(path: Path, pixels: np.ndarray, transform: Affine, nodata, descrip
     count, rows, cols = pixels.shape
     info = kea.KeaInfo(cols, rows, count, pixels.dtype, transform, wkt, (nodata,) * count,
                        descriptions or ("",) * count)  # fmt: skip
-    with kea.create_raster(path, info) as f:
+    with kea_pyramid.create_raster(path, info) as f:
         for band, array in enumerate(pixels, 1):
             kea.write_band(f, band, array)
     return path

@@ -38,10 +38,11 @@ def write_and_describe(
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     threshold: float,
     scales: tuple[float, ...],
+    tile_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write a probability store, then read back what the manifest records of it."""
     prob, hits, weight = arrays
-    write_prob_store(path, grid, crs, chunk, box, prob, hits, threshold, scales, weight)
+    write_prob_store(path, grid, crs, chunk, box, prob, hits, threshold, scales, weight, tile_ids)
     attrs = read_prob_attrs(path)
     return {k: attrs[k] for k in ("valid_box", "threshold", "scales", "merge_method")}
 

@@ -5,9 +5,10 @@ floating-point predictor, averaged overviews) and ``{region}_binary.tif`` (uint8
 threshold, nodata 255, nearest overviews); with ``merge.products`` also
 ``{region}_uncertainty.tif`` (binary entropy of the fused probability in bits, [0, 1], nodata
 -1) and ``{region}_scales.tif`` (uint8 bit i set where scale i of ``inference.scales`` reached
-the threshold, nodata 255). All in ``crs`` on the grid's pixel lattice, 512 px internal tiles.
+the threshold, nodata 255), and ``{region}_preview.png`` (see ``preview``). All in ``crs``
+on the grid's pixel lattice, 512 px internal tiles.
 With ``merge.formats: [cog, kea]`` the probability and binary rasters are also written, block
-by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea.create_raster``, with
+by block, as ``{region}_prob.kea`` and ``{region}_binary.kea`` (``kea_pyramid.create_raster``, with
 overviews equal to the COGs') for RSGISLib/KEA workflows.
 
 Flat memory: the region is assembled window by window (``WINDOW_PX`` square, aligned to the
@@ -31,7 +32,7 @@ from rasterio.crs import CRS
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
-from . import kea
+from . import kea, kea_pyramid, preview
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
 from .calibration import merge_threshold
 from .config import Experiment
@@ -150,7 +151,7 @@ def _open_kea_mosaics(
             (description,),
         )  # fmt: skip
         tmp = stack.enter_context(atomic_path(RunPaths.of(exp).region_kea(region, layer)))
-        files.append((layer, stack.enter_context(kea.create_raster(tmp, info, resampling))))
+        files.append((layer, stack.enter_context(kea_pyramid.create_raster(tmp, info, resampling))))
     return files
 
 
@@ -173,6 +174,7 @@ def merge_region(
                     for s, n in zip(staging, names, strict=True)
                 ]
                 keas = _open_kea_mosaics(stack, exp, grid, box, name)
+                peak = _peak_probability(exp, box)
                 parts = windows(box)
                 for window in progress(parts, len(parts), f"merge {name}: windows", log):
                     prob, hits = assemble(grid, index, window)
@@ -183,12 +185,33 @@ def merge_region(
                         f.write(arrays[n], 1, window=win)
                     for layer, f in keas:
                         kea.write_band(f, 1, arrays[layer], rows.start, cols.start)
+                    if peak:
+                        peak.add(window, prob)
             for s, t, n in zip(staging, targets, names, strict=True):
                 _to_cog(s, t, LAYERS[n])
+            if peak:
+                targets.append(_write_preview(exp, grid, name, peak, threshold))
     finally:
         for s in staging:
             s.unlink(missing_ok=True)
     return targets
+
+
+def _peak_probability(exp: Experiment, box: PixelBox) -> preview.PeakProbability | None:
+    if "preview" not in exp.merge.products:
+        return None
+    return preview.PeakProbability(preview.PreviewGrid.of(box))
+
+
+def _write_preview(
+    exp: Experiment, grid: TileGrid, region: str, peak: preview.PeakProbability, threshold: float
+) -> Path:
+    target = RunPaths.of(exp).region_preview(region)
+    background = preview.imagery(exp, grid, peak.grid)
+    title = f"{exp.name}: region {region}"
+    cell_m = peak.grid.factor * grid.resolution
+    preview.render(target, peak.peak, background, threshold, title, cell_m)
+    return target
 
 
 def merge_units(exp: Experiment) -> list[str]:
@@ -229,7 +252,8 @@ def merge_outputs(exp: Experiment, region: str) -> list[Path]:
     paths = RunPaths.of(exp)
     kea_files = [paths.region_kea(region, n) for n, *_ in KEA_LAYERS]
     cogs = [paths.region_layer(region, n) for n in layer_names(exp)]
-    return cogs + (kea_files if "kea" in exp.merge.formats else [])
+    png = [paths.region_preview(region)] if "preview" in exp.merge.products else []
+    return cogs + png + (kea_files if "kea" in exp.merge.formats else [])
 
 
 STAGE = Stage(

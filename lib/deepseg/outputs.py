@@ -153,6 +153,10 @@ class RunPaths:
     def region_binary(self, region: str) -> Path:
         return self.region_layer(region, "binary")
 
+    def region_preview(self, region: str) -> Path:
+        """The region's colour preview with legend (``merge.products: [preview]``)."""
+        return self.merged / f"{region}_preview.png"
+
     def region_kea(self, region: str, product: str) -> Path:
         """The KEA copy of a merged raster; ``product`` is "prob" or "binary"."""
         return self.merged / f"{region}_{product}.kea"

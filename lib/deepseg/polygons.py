@@ -34,6 +34,7 @@ from .grid import TileGrid
 from .outputs import RunPaths, atomic_path
 from .pieces import chunk_footprint, chunk_pieces
 from .progress import progress
+from .runlog import update_run_log
 from .runner import Stage, UnitResult, run
 
 log = logging.getLogger(__name__)
@@ -228,22 +229,27 @@ def gather(exp: Experiment, redo: bool) -> dict[str, int]:
     grid, index = TileGrid.from_experiment(exp), StoreIndex.of_run(paths)
     boxes, scales = _region_geoms(exp, grid, index), index.scales
     files = paths.finished(paths.pieces, ".fgb")
-    written, open_parts, footprints = 0, [], []
+    written, area_m2, open_parts, footprints = 0, 0.0, [], []
     with atomic_path(paths.polygons) as tmp:
         for path in progress(files, len(files), "vectorize: gathering chunks", log):
             pieces, footprint = read_pieces(paths.local(path))
             footprints.append({"chunk_id": path.stem, "geometry": footprint})
             open_parts.append(pieces[pieces["open"]])
-            written += _append(tmp, finalize(pieces[~pieces["open"]], exp, boxes, scales), written)
+            closed = finalize(pieces[~pieces["open"]], exp, boxes, scales)
+            written += _append(tmp, closed, written)
+            area_m2 += closed.area_m2.sum()
         open_pieces = pd.concat([_empty_pieces(exp), *open_parts], ignore_index=True)
         if len(open_pieces):
             joined = join_open(gpd.GeoDataFrame(open_pieces, crs=exp.crs))
-            written += _append(tmp, finalize(joined, exp, boxes, scales), written)
+            objects = finalize(joined, exp, boxes, scales)
+            written += _append(tmp, objects, written)
+            area_m2 += objects.area_m2.sum()
         if not written:
             _append(tmp, finalize(_empty_pieces(exp), exp, boxes, scales), 0, force=True)
         foot = gpd.GeoDataFrame(footprints or {"chunk_id": [], "geometry": []}, crs=exp.crs)
         foot.to_file(tmp, layer=FOOTPRINTS, driver="GPKG", mode="a", geometry_type="MultiPolygon")
-    log.info("vectorize: %d polygon(s) -> %s", written, paths.polygons)
+    log.info("vectorize: %d polygon(s), %.6f km² -> %s", written, area_m2 / 1e6, paths.polygons)
+    update_run_log(paths, total_rts_area_km2=round(float(area_m2) / 1e6, 6))
     return {"polygons": written}
 
 

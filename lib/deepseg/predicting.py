@@ -28,7 +28,7 @@ from .outputs import RunPaths, publish
 from .runlog import update_run_log
 from .runner import Event, Stage, UnitResult, run
 from .storage import local_model_dir, model_hashes
-from .stores import TileStore
+from .stores import TileStore, check_on_grid, read_tile_header
 from .tiling import listed_tiles, tiling_units
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,20 @@ def predict_units(exp: Experiment) -> list[str]:
 
 
 def _check(exp: Experiment) -> None:
-    """Refuse a model folder or setting that cannot work, before anything is written."""
+    """Refuse a model folder or setting that cannot work, or tile stores staged on another
+    grid (the first one is looked at), before anything is written."""
     read_model_card(local_model_dir(exp), len(exp.input.bands), exp.model.expected_data_version)
+    paths = RunPaths.of(exp)
+    staged = paths.tile_stores()
+    if staged:
+        grid = TileGrid.from_experiment(exp)
+        chunk, box, info = read_tile_header(paths.local(staged[0]))
+        check_on_grid(staged[0], chunk, box, info, grid, exp.crs, grid.chunk_store_box(*chunk))
+
+
+def device_name(device: torch.device) -> str:
+    """What the run log's ``gpu_type`` records: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _prepare(exp: Experiment) -> None:
@@ -99,6 +111,7 @@ class PredictWorker:
         self.listed = listed_tiles(exp, self.grid)
         self.staged = fold(self.paths, "create_tiles")
         self.batch_size = BatchSize(exp.inference.batch_size)
+        self.device_name = device_name(self.model.device)
         workers = exp.inference.io_workers
         self.io_workers = auto_workers(self.model.device.type) if workers is None else workers
 
@@ -139,6 +152,9 @@ class PredictWorker:
 
     def _predict(self, unit: str, store: TileStore, io: ChunkIO) -> tuple[Future, dict]:
         """Predict a chunk; its store is written in the background."""
+        source = self.paths.tile_store(unit)
+        box = self.grid.chunk_store_box(*store.chunk)
+        check_on_grid(source, store.chunk, store.box, store.info, self.grid, self.exp.crs, box)
         if self.listed is not None:
             store = only_listed(store, self.listed)
         pred = predict_chunk(
@@ -160,6 +176,7 @@ class PredictWorker:
             (pred.prob, pred.hits, pred.weight),
             self.threshold,
             self.exp.inference.scales,
+            store.tiles.tile_id,
         )
         counts = {
             "chunks_written": 1,
@@ -176,6 +193,7 @@ class PredictWorker:
             return "failed", unit, exc
         target = self.paths.prob_store(unit)
         publish(target)  # a store written in a background process was not handed over there
+        info.update(device=self.device_name, batch_size=self.batch_size.size)
         return "done", unit, UnitResult([target], counts, info)
 
 

@@ -30,7 +30,7 @@ from .errors import DeepSegError
 from .manifest import Journal, UnitState, fold, write_manifest
 from .outputs import RunPaths
 from .progress import progress
-from .runlog import record_stage
+from .runlog import record_experiment, record_stage
 
 log = logging.getLogger(__name__)
 SYSTEMATIC_FAILURES = 3  # a worker stops after this many failures with no success in between
@@ -237,6 +237,7 @@ def run(
         exp.cluster.executor,
     )
     entry: dict[str, Any] = {"units": len(units), "skipped": len(units) - len(todo)}
+    record_experiment(exp, paths)
     with record_stage(paths, stage.name, entry):
         if todo:
             EXECUTORS[exp.cluster.executor](stage, exp, todo, run_id, force)

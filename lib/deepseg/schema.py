@@ -82,6 +82,8 @@ class InputConfig:
     nodata: float | None = None  # None: each raster's own nodata tag
     resampling: Literal["bilinear", "nearest", "cubic", "average"] = "bilinear"
     cache_dir: Path | None = None  # gs:// rasters: None = read by window over the network
+    non_square_pixels: Literal["refuse", "warp"] = "refuse"  # projected CRS only (see sources)
+    basemap_version: str | None = None  # recorded in the run log, e.g. "planet-2024-q3"
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class MergeConfig:
 
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | Literal["calibrated"] | None = None
-    products: tuple[Literal["uncertainty", "scales"], ...] = ()
+    products: tuple[Literal["uncertainty", "scales", "preview"], ...] = ()
     formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
 
 

@@ -6,6 +6,13 @@ resampling scale per input so values do not depend on the chunking). Inputs may 
 GDAL reads, or KEA (see ``readers``). Several inputs form one mosaic: where they overlap, the
 first listed input with valid data wins. A pixel is valid when at least one band differs from
 nodata (``input.nodata``, else the file's own nodata, else the file's mask) and no band is NaN.
+
+Invalid georeferencing stops the run with a line naming the file: no CRS, no usable
+geotransform, rotation, and non-square pixels in a projected CRS (``_check_square``). An input
+on another lattice, CRS or resolution is not invalid: it is warped (that is what lets any
+mosaic feed the global grid). The grid that must align is the run's own: tile stores staged
+under other ``grid.*`` settings are refused by predict (``stores.check_on_grid``), a tile list
+made for another grid by create_tiles (``tiling.read_tile_list``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from .storage import readable_rasters
 
 log = logging.getLogger(__name__)
 LATTICE_TOLERANCE_PX = 1e-6  # also absorbs KEA pixel sizes stored at float32 precision
+NON_SQUARE_TOLERANCE = 1e-3  # relative difference of a pixel's width and height (see below)
 MAX_BOX_GROWTH = 1e4  # most grid pixels a warped footprint's box may span per file pixel
 
 
@@ -81,6 +89,7 @@ def _check(src: RasterReader, exp: Experiment, grid: TileGrid) -> InputRaster:
             f"{path}: the raster has no usable geotransform (pixel size {t.a} x {t.e} at "
             f"({t.c}, {t.f})); georeference it (e.g. gdal_edit.py -a_ullr)"
         )
+    _check_square(src, exp, grid)
     dtypes = {src.dtypes[b - 1] for b in bands}
     if len(dtypes) > 1:
         raise DeepSegError(f"{path}: bands {list(bands)} have different data types {dtypes}")
@@ -96,6 +105,28 @@ def _check(src: RasterReader, exp: Experiment, grid: TileGrid) -> InputRaster:
         log.info("%s is not on the grid lattice: it will be warped (%s)", path.name, how)
     descriptions = tuple(src.descriptions[b - 1] for b in bands)
     return InputRaster(path, nodata, dtypes.pop(), box, offset, descriptions, scale)
+
+
+def _check_square(src: RasterReader, exp: Experiment, grid: TileGrid) -> None:
+    """Refuse non-square pixels in a projected CRS (unless ``input.non_square_pixels: warp``).
+
+    The warp would handle them, but in metres a pixel whose width and height differ by more
+    than ``NON_SQUARE_TOLERANCE`` is almost always a georeferencing mistake (a wrong
+    ``-a_ullr`` or ``-tr``), and a mosaic stretched by it would put every detection in the
+    wrong place. Slightly unequal sizes, as reprojection leaves them (1e-5), pass. Geographic
+    rasters are exempt: pixels of unequal degrees are a common, deliberate layout there.
+    """
+    width, height = abs(src.transform.a), abs(src.transform.e)
+    if src.crs.is_geographic or exp.input.non_square_pixels == "warp":
+        return
+    if abs(width - height) <= NON_SQUARE_TOLERANCE * max(width, height):
+        return
+    raise DeepSegError(
+        f"{src.path}: non-square pixels ({width:.6g} x {height:.6g} CRS units); fix its "
+        f"georeferencing, or warp it to the grid first (gdalwarp -t_srs {exp.crs} -tr "
+        f"{grid.resolution:g} {grid.resolution:g} -r {exp.input.resampling} IN OUT), or set "
+        "input.non_square_pixels: warp to let DeepSeg warp it"
+    )
 
 
 def _file_nodata(src: RasterReader, bands: tuple[int, ...]) -> float | None:

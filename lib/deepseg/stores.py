@@ -23,6 +23,10 @@ band "probability" in [0, 1], nodata -1 (no valid input or no tile), plus
     /DEEPSEG/scale_hits        uint8 (rows, cols): bit i set where scale i reached @threshold
     /DEEPSEG/weight            float32 (rows, cols), sinusoidal only: the sum of the tiles'
                                window weights, so neighbouring stores merge by weighted mean
+    /DEEPSEG/tiles/tile_id     fixed bytes (n,): the tiles predicted into it (``check`` reads)
+
+A store sits where the experiment's grid puts its chunk (``check_on_grid``): its box, its
+georeferencing and its CRS; one staged under other ``grid.*`` settings is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 from rasterio.crs import CRS
 
 from . import kea
+from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
 from .outputs import atomic_path
 
@@ -166,10 +171,12 @@ def write_prob_store(
     threshold: float,
     scales: tuple[float, ...],
     weight: np.ndarray | None = None,
+    tile_ids: np.ndarray | None = None,
 ) -> None:
     """Write a probability store atomically; ``prob`` is float32 with nodata -1.
 
-    ``weight`` (sinusoidal merge only) is the sum of the tiles' window weights per pixel.
+    ``weight`` (sinusoidal merge only) is the sum of the tiles' window weights per pixel;
+    ``tile_ids`` (bytes) name the tiles predicted.
     """
     info = _kea_info(grid, box, crs, np.float32, 1, PROB_NODATA, ("probability",))
     with atomic_path(path) as tmp:
@@ -184,6 +191,8 @@ def write_prob_store(
             _dataset(group, "scale_hits", scale_hits.astype(np.uint8, copy=False))
             if weight is not None:
                 _dataset(group, "weight", weight.astype(np.float32, copy=False))
+            if tile_ids is not None:
+                group.create_group("tiles").create_dataset("tile_id", data=tile_ids)
 
 
 def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
@@ -242,3 +251,55 @@ def read_prob_attrs(path: Path) -> dict[str, object]:
             "valid_box": PixelBox(*(int(v) for v in attrs["valid_box"])),
             "merge_method": str(attrs.get("merge_method", "max")),
         }
+
+
+def read_prob_tile_ids(path: Path) -> list[str] | None:
+    """The ids of the tiles predicted into a probability store (None: it does not say)."""
+    with kea.open_kea(path) as (f, _):
+        _read_box(f, "probability")
+        tiles = f[GROUP].get("tiles")
+        if tiles is None or "tile_id" not in tiles:
+            return None
+        return [t.decode() for t in tiles["tile_id"][()]]
+
+
+def read_tile_ids(path: Path) -> list[str]:
+    """The ids of a tile store's tiles (its table alone, not its pixels)."""
+    with kea.open_kea(path) as (f, _):
+        _read_box(f, "tiles")
+        return [t.decode() for t in f[GROUP]["tiles"]["tile_id"][()]]
+
+
+def read_tile_header(path: Path) -> tuple[tuple[int, int], PixelBox, kea.KeaInfo]:
+    """A tile store's chunk, box and georeferencing, without its pixels."""
+    with kea.open_kea(path) as (f, info):
+        chunk, box = _read_box(f, "tiles")
+    return chunk, box, info
+
+
+def check_on_grid(
+    path: Path,
+    chunk: tuple[int, int],
+    box: PixelBox,
+    info: kea.KeaInfo,
+    grid: TileGrid,
+    crs: str,
+    expected: PixelBox,
+) -> None:
+    """Raise DeepSegError naming ``path`` when the store is not where ``grid`` puts its chunk:
+    ``chunk`` differs from its file name's, ``box`` from ``expected`` (grid pixels), or its
+    geotransform or CRS from the grid's (``grid.*`` or ``crs`` changed since it was made)."""
+    if chunk != grid.parse_chunk_id(path.stem):
+        why = f"it holds chunk {grid.chunk_id(*chunk)}"
+    elif box != expected:
+        why = f"it covers grid pixels {list(box)}, this grid puts its chunk at {list(expected)}"
+    elif not info.transform.almost_equals(grid.transform(box), 1e-6 * grid.resolution):
+        why = f"its geotransform {tuple(info.transform)[:6]} is not this grid's"
+    elif CRS.from_wkt(info.crs_wkt) != CRS.from_user_input(crs):
+        why = f"its CRS is not {crs}"
+    else:
+        return
+    raise DeepSegError(
+        f"{path}: made on another grid ({why}); grid.*, crs or inference.scales changed since "
+        "it was written: restore them, or rerun that stage with --force"
+    )

@@ -1,8 +1,10 @@
 """Stage ``create_tiles``: choose the grid tiles over the input and stage them, one store per chunk.
 
 A tile is kept when it touches valid input data (and, with ``grid.tile_list``, when it is
-listed). Each chunk with at least one kept tile gets one tile store (see ``stores``) holding
-its pixels once, halo included, so no pixel is staged four times as with one file per tile.
+listed); a tile over an input's footprint whose pixels are all invalid is skipped and counted
+(``tiles_no_data``: one warning per run, not a line per tile). Each chunk with at least one
+kept tile gets one tile store (see ``stores``) holding its pixels once, halo included, so no
+pixel is staged four times as with one file per tile.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
 from .outputs import RunPaths
-from .runlog import write_resolved_experiment
 from .runner import Stage, UnitResult, run
 from .sources import InputRaster, open_inputs, read_box
 from .storage import local_file
@@ -88,15 +89,21 @@ def chunk_tiles(
     box: PixelBox,
     valid: np.ndarray,
     listed: set[tuple[int, int]] | None,
-) -> TileTable:
-    """The chunk's tiles that touch valid data, with their offsets inside the store ``box``."""
+    over: list[PixelBox] | None = None,
+) -> tuple[TileTable, int]:
+    """The chunk's tiles that touch valid data, with their offsets inside the store ``box``,
+    and how many candidate tiles were skipped for having none: listed (if a list is set)
+    tiles overlapping one of the boxes ``over`` (the inputs' footprints, grid pixels)."""
     rows: list[tuple] = []
+    no_data = 0
     for col, row in grid.chunk_tiles_in(*chunk):
         if listed is not None and (col, row) not in listed:
             continue
         tile = grid.tile_box(col, row)
         fraction = float(valid[tile.slices_in(box)].mean())
-        if fraction > 0:
+        if fraction == 0:
+            no_data += any(tile.intersection(b) is not None for b in over or [])
+        else:
             rows.append(
                 (
                     grid.tile_id(col, row).encode(),
@@ -109,13 +116,14 @@ def chunk_tiles(
                 )
             )
     if not rows:
-        return TileTable(
+        empty = TileTable(
             *(np.empty(0, dtype=d) for d in ("S15", "i8", "i8", "i8", "i8")),
             bounds=np.empty((0, 4)),
             valid_fraction=np.empty(0, dtype=np.float32),
         )
+        return empty, no_data
     ids, cols, rws, roff, coff, bounds, frac = zip(*rows, strict=True)
-    return TileTable(
+    table = TileTable(
         tile_id=np.array(ids),
         col=np.array(cols, dtype=np.int64),
         row=np.array(rws, dtype=np.int64),
@@ -124,6 +132,7 @@ def chunk_tiles(
         bounds=np.array(bounds, dtype=np.float64),
         valid_fraction=np.array(frac, dtype=np.float32),
     )
+    return table, no_data
 
 
 def tiling_units(exp: Experiment) -> list[str]:
@@ -161,19 +170,17 @@ class TilingWorker:
         target = self.paths.tile_store(unit)
         box = self.grid.chunk_store_box(*chunk)
         pixels, valid = read_box(self.inputs, self.exp, self.grid, box)
-        tiles = chunk_tiles(self.grid, chunk, box, valid, self.listed)
+        footprints = [r.box for r in self.inputs]
+        tiles, no_data = chunk_tiles(self.grid, chunk, box, valid, self.listed, footprints)
         if len(tiles) == 0:
             target.unlink(missing_ok=True)  # a --force rerun may find an older store
-            return UnitResult([], {"tiles": 0, "chunks_empty": 1})
+            return UnitResult([], {"tiles": 0, "tiles_no_data": no_data, "chunks_empty": 1})
         nodata, names = self.inputs[0].nodata, self.band_names
         write_tile_store(
             target, self.grid, self.exp.crs, chunk, box, pixels, valid, nodata, tiles, names
         )
-        return UnitResult([target], {"tiles": len(tiles), "chunks_written": 1})
-
-
-def _prepare(exp: Experiment) -> None:
-    write_resolved_experiment(exp, RunPaths.of(exp))
+        counts = {"tiles": len(tiles), "tiles_no_data": no_data, "chunks_written": 1}
+        return UnitResult([target], counts)
 
 
 STAGE = Stage(
@@ -181,10 +188,19 @@ STAGE = Stage(
     units=tiling_units,
     expected=lambda exp, unit: [RunPaths.of(exp).tile_store(unit)],
     worker=TilingWorker,
-    prepare=_prepare,
 )
 
 
 def create_tiles(exp: Experiment, force: bool = False, shard: tuple[int, int] | None = None):
-    """Stage every chunk that has tiles (see ``runner.run``)."""
-    return run(STAGE, exp, force=force, shard=shard)
+    """Stage every chunk that has tiles (see ``runner.run``); one warning tells how many
+    tiles over the input this run skipped for having no valid data."""
+    summary = run(STAGE, exp, force=force, shard=shard)
+    skipped = summary["counts"].get("tiles_no_data", 0)
+    if skipped:
+        log.warning(
+            "create_tiles: %d tile(s) over the input(s) have no valid data (nodata or mask "
+            "everywhere) and were skipped; %d tile(s) staged",
+            skipped,
+            summary["counts"].get("tiles", 0),
+        )
+    return summary
