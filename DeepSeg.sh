@@ -42,7 +42,7 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python

@@ -70,5 +70,7 @@ def test_demo_command_produces_every_output(tmp_path: Path) -> None:
     )
     for stage in ("create_tiles", *stages[1:]):
         assert f"{stage} {log['stages'][stage]['seconds']:.1f} s" in printed
-    for path in ("merged/all_prob.tif", "vectors/rts_predictions.gpkg", "logs/evaluation.json"):
+    assert (out / "merged" / "all_preview.png").read_bytes()[:4] == b"\x89PNG"  # the picture
+    outputs = ("merged/all_prob.tif", "merged/all_preview.png", "vectors/rts_predictions.gpkg")
+    for path in (*outputs, "logs/evaluation.json"):
         assert f"          {path} (" in printed

@@ -52,7 +52,7 @@ def test_summary_before_and_after_evaluation(tmp_path: Path, model_dir: Path) ->
     assert after[6:] == [
         "          merged/all_prob.tif (probability COG, region all)",
         "          merged/all_binary.tif (binary COG, region all)",
-        "          merged/all_preview.png (preview, region all)",
+        "          merged/all_preview.png (preview PNG, region all)",
         "          vectors/rts_predictions.gpkg (polygons)",
         "          logs/evaluation.json (evaluation report)",
         "          logs/evaluation_pr_curve.png (precision-recall curve)",

@@ -70,7 +70,7 @@ def _outputs(exp: Experiment, paths: RunPaths) -> list[str]:
         candidates += [
             (paths.region_prob(region), f"probability COG, region {region}"),
             (paths.region_binary(region), f"binary COG, region {region}"),
-            (paths.merged / f"{region}_preview.png", f"preview, region {region}"),
+            (paths.region_preview(region), f"preview PNG, region {region}"),
         ]
     candidates += [
         (paths.polygons, "polygons"),
