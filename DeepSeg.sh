@@ -9,6 +9,7 @@
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
 # STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
 # evaluate (run only when named: scores the run against the experiment's evaluate.reference).
+# The demo's default also evaluates and then prints a report (python -m deepseg.summary).
 # Outputs go to the experiment's output.path (default runs/NAME under the current folder).
 # With no Python environment active, the first run creates .venv beside this script and
 # installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
@@ -41,12 +42,18 @@ ensure_python() {
 }
 
 main() {
-    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0; }
+    [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
     ROOT=$(find_root) || die "cannot find the DeepSeg checkout; set DEEPSEG_HOME"
     ensure_python
-    local stages=("$@")
-    [[ ${#stages[@]} -gt 0 ]] || stages=(tiles predict merge vectorize)
+    local stages=("$@") report=0
+    if [[ ${#stages[@]} -eq 0 ]]; then
+        stages=(tiles predict merge vectorize)
+        if [[ "$name" == "demo" ]]; then  # scored against its reference, then a short report
+            stages+=(evaluate)
+            report=1
+        fi
+    fi
     if [[ "${stages[0]}" == "sync" ]]; then
         python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
         return 0
@@ -69,6 +76,9 @@ main() {
         python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
         echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
     done
+    if [[ $report -eq 1 ]]; then
+        python -m deepseg.summary -e "$name" || die "the report failed (exit $?)"
+    fi
 }
 
 main "$@"

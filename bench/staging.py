@@ -24,9 +24,10 @@ from rasterio.profiles import DefaultGTiffProfile
 from rasterio.windows import Window
 
 from deepseg.config import Experiment, load_experiment
-from deepseg.demo import NODATA_COLS, ensure_demo, render_scene
+from deepseg.demo import NODATA_COLS, ensure_demo
 from deepseg.grid import PixelBox, TileGrid
 from deepseg.outputs import atomic_path
+from deepseg.scenes import render_scene
 from deepseg.tiling import create_tiles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def write_model_folder(arch: str, folder: Path, bands: int = 3) -> Path:
 def write_scene(path: Path, grid: TileGrid, box: PixelBox) -> None:
     """A 3-band uint8 GeoTIFF over ``box`` (grid px, EPSG:3413): the demo's texture, repeated."""
     side = min(TEXTURE_PX, max(box.width, box.height))
-    block = render_scene(side + NODATA_COLS, side, seed=11)[0][:, :, :side]
+    block = render_scene(side + NODATA_COLS, side, seed=11).pixels[:, :, :side]
     profile = DefaultGTiffProfile(
         width=box.width,
         height=box.height,

@@ -429,3 +429,24 @@ def test_evaluate_section(tmp_path, base):
         "experiments/demo.yaml: merge.threshold: expected a number in [0, 1] or calibrated "
         "or null, got 'calibrate'"
     )
+
+
+def test_train_section_defaults_and_paths(tmp_path, base):
+    t = load_experiment(base).train
+    assert t.output == tmp_path / "runs" / "base" / "model"  # {output.path}/model
+    assert (t.seed, t.scenes, t.scene_size, t.scene_seed) == (0, 16, 1024, 1000)
+    assert (t.validation_seed, t.validation_size, t.crop_size, t.batch_size) == (999, 1536, 256, 8)
+    assert (t.steps, t.learning_rate, t.validate_every) == (800, 0.003, 200)
+    assert (t.base_channels, t.depth, t.device) == (8, 4, "auto")
+    leaf = child(tmp_path, {"train": {"output": "models/v1"}})
+    assert load_experiment(leaf).train.output == tmp_path / "experiments" / "models" / "v1"
+
+
+def test_training_does_not_need_the_inputs(tmp_path):
+    """train.py reads neither input.rasters nor model.dir: they may not exist yet."""
+    path = write_yaml(
+        tmp_path / "x.yaml", {"input": {"rasters": ["a/*.tif"]}, "model": {"dir": "m"}}
+    )
+    assert "input.rasters[0]: expected a glob matching" in error(path)
+    exp = load_experiment(path, check_inputs=False)
+    assert (exp.input.rasters, exp.model.dir) == ((tmp_path / "a/*.tif",), tmp_path / "m")

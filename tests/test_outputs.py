@@ -15,6 +15,7 @@ from rio_cogeo.cogeo import cog_validate
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
 from deepseg.mosaic import merge
+from deepseg.outputs import atomic_folder
 from deepseg.polygons import COLUMNS, vectorize
 from deepseg.predicting import predict
 from deepseg.tiling import create_tiles
@@ -118,3 +119,19 @@ def test_min_area_drops_specks(tmp_path, model_dir):
         tmp_path / "out" / "vectors" / "rts_predictions.gpkg", layer="rts_predictions"
     )
     assert sorted(frame["area_m2"]) == [800 * 9.0, 1000 * 9.0]  # the 200 px shapes are gone
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert not (target / "new.txt").exists()  # nothing shows before it is complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -93,9 +93,12 @@ def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch):
 
     expected = without_logs(files(tmp_path / "runs" / "local"))
     stored = bucket.objects("inference/remote/")
-    # tile and probability stores, 2 COGs, 1 GPKG, the pieces of 6 chunk cores
-    assert len(expected) == 12 + 12 + 2 + 1 + 6
-    assert without_logs(stored) == expected
+    # tile and probability stores, 2 COGs, the preview PNG, 1 GPKG, the pieces of 9 chunk cores
+    assert len(expected) == 16 + 16 + 2 + 1 + 1 + 9
+    # the demo's preview PNG is titled with the experiment's name (local, remote): not compared
+    remote, preview = without_logs(stored), "merged/all_preview.png"
+    assert expected.pop(preview)[:4] == remote.pop(preview)[:4] == b"\x89PNG"
+    assert remote == expected
     for stage in ("create_tiles", "predict", "merge", "vectorize"):  # manifests in the bucket
         manifest = json.loads(stored[f"logs/{stage}_manifest.json"])
         assert {u["status"] for u in manifest["units"]} == {"done"}

@@ -77,17 +77,19 @@ def run_stage(
     description: str | None,
     parser: argparse.ArgumentParser | None = None,
     argv: list[str] | None = None,
+    check_inputs: bool = True,
 ) -> None:
     """Parse arguments, load the experiment, run ``stage(exp, force=, shard=, **extra)``.
 
     A user error prints one line ``deepseg: error: ...`` and exits with status 2.
+    ``check_inputs=False``: see ``config.load_experiment``.
     """
     parser = parser or stage_parser(description)
     args = vars(parser.parse_args(argv))
     setup_logging(args.pop("verbose"))
     name, tile_list = args.pop("experiment"), args.pop("tile_list", None)
     try:
-        exp = with_tile_list(load_experiment(name), tile_list)
+        exp = with_tile_list(load_experiment(name, check_inputs=check_inputs), tile_list)
         stage(exp, **args)
     except USER_ERRORS as exc:
         logging.getLogger("deepseg").debug("user error", exc_info=True)

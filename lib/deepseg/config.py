@@ -38,6 +38,7 @@ from .schema import (  # noqa: F401 - re-exported: the experiment's types live i
     ModelConfig,
     OutputConfig,
     SlurmConfig,
+    TrainConfig,
     VectorizeConfig,
 )
 from .validation import Invalid, Key, build_fields, dotted, show
@@ -196,8 +197,11 @@ def _read_profile(profile: Any, named_in: Path) -> dict:
     return data
 
 
-def load_experiment(name_or_path: str | Path) -> Experiment:
-    """Load, merge (``extends``) and check an experiment; ConfigError on the first problem."""
+def load_experiment(name_or_path: str | Path, check_inputs: bool = True) -> Experiment:
+    """Load, merge (``extends``) and check an experiment; ConfigError on the first problem.
+
+    ``check_inputs=False`` (for train.py, which reads neither) leaves out the checks that
+    ``input.rasters`` and ``model.dir`` exist; local paths are still made absolute."""
     source = resolve_experiment_path(str(name_or_path))
     raw: dict = {}
     origins: dict[Key, Path] = {}
@@ -248,19 +252,64 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             where = _where(grid.tile_list, base(key))
             raise fail(key, f"expected an existing CSV file, got {where}")
         grid = dataclasses.replace(grid, tile_list=tile_list[0])
+    if check_inputs:
+        rasters = _rasters(exp.input.rasters, base, fail)
+        model_dir = _model_dir(exp.model.dir, base, fail)
+    else:
+        keys = [("input", "rasters", f"[{i}]") for i in range(len(exp.input.rasters))]
+        rasters = tuple(
+            _unchecked(base(k), p) for k, p in zip(keys, exp.input.rasters, strict=True)
+        )
+        model_dir = _unchecked(base(("model", "dir")), exp.model.dir)
+    output = _output(exp.output, exp.name)
     return dataclasses.replace(
         exp,
-        output=_output(exp.output, exp.name),
+        output=output,
         input=dataclasses.replace(
             exp.input,
-            rasters=_rasters(exp.input.rasters, base, fail),
+            rasters=rasters,
             cache_dir=exp.input.cache_dir
             and _abs(base(("input", "cache_dir")) / exp.input.cache_dir),
         ),
         grid=grid,
-        model=dataclasses.replace(exp.model, dir=_model_dir(exp.model.dir, base, fail)),
+        model=dataclasses.replace(exp.model, dir=model_dir),
         evaluate=_evaluate_files(exp.evaluate, base),
+        train=_train(exp, output, base, fail),
     )
+
+
+def _unchecked(base: Path, entry: Location) -> Location:
+    """A gs:// URI as given, a local path absolute (relative to ``base``)."""
+    return entry if isinstance(entry, GsUri) else _abs(base / entry)
+
+
+def _train(exp: Experiment, output: OutputConfig, base: Callable, fail: Callable) -> TrainConfig:
+    """``train`` with its output folder absolute (default ``{output.path}/model``, or under
+    ``output.scratch`` for a gs:// run), its sizes checked against the U-Net's depth and the
+    grid's tile size."""
+    t = exp.train
+    factor = 2**t.depth
+    if t.crop_size % factor or t.crop_size > t.scene_size:
+        raise fail(
+            ("train", "crop_size"),
+            f"expected a multiple of 2**train.depth = {factor} that is <= train.scene_size "
+            f"({t.scene_size}), got {t.crop_size}",
+        )
+    if t.validation_size < exp.grid.tile_size:
+        raise fail(
+            ("train", "validation_size"),
+            f"expected >= grid.tile_size ({exp.grid.tile_size}), got {t.validation_size}",
+        )
+    if t.scene_seed <= t.validation_seed < t.scene_seed + t.scenes:
+        raise fail(
+            ("train", "validation_seed"),
+            f"expected a seed outside the training scenes' {t.scene_seed}.."
+            f"{t.scene_seed + t.scenes - 1}, got {t.validation_seed}",
+        )
+    if t.output is not None:
+        return dataclasses.replace(t, output=_abs(base(("train", "output")) / t.output))
+    local = output.path if isinstance(output.path, Path) else output.scratch
+    return dataclasses.replace(t, output=local / "model")
 
 
 def _output(output: OutputConfig, name: str) -> OutputConfig:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,24 @@ def publish(path: Path) -> None:
     published_by = mirror.covering(path)
     if published_by is not None:
         published_by.publish(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder to fill (``.NAME.partial``); on success it takes the place of
+    ``path``, on error it is deleted. An existing ``path`` is moved aside (``.NAME.old``) and
+    deleted only once the new folder is in place, so a crash never leaves a half-filled one.
+    """
+    tmp, old = partial_path(path), path.with_name(f"{PARTIAL_PREFIX}{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -179,6 +179,32 @@ class ClusterConfig:
     slurm: SlurmConfig = SlurmConfig()
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train.py``: the built-in U-Net trained on generated 3 m scenes (sizes in pixels).
+
+    Training scenes use seeds ``scene_seed`` .. ``scene_seed + scenes - 1``; the validation
+    scene (``validation_seed``), which picks the best step and calibrates the threshold, is
+    predicted in ``grid.tile_size`` tiles at ``grid.stride``, as predict.py does.
+    """
+
+    output: Path | None = None  # model folder to write; None: {output.path}/model
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: NonNegativeInt = 0  # weight init, crop sampling and augmentation
+    scenes: Count = 16
+    scene_size: Count = 1024
+    scene_seed: NonNegativeInt = 1000
+    validation_seed: NonNegativeInt = 999
+    validation_size: Count = 1536
+    crop_size: Count = 256
+    batch_size: Count = 8
+    steps: Count = 800
+    learning_rate: Positive = 0.003  # peak of the one-cycle schedule (AdamW)
+    validate_every: Count = 200  # steps
+    base_channels: Count = 8  # U-Net channels at full resolution
+    depth: Count = 4  # U-Net pooling steps
+
+
 @dataclass(frozen=True, kw_only=True)
 class Experiment:
     """A loaded, checked experiment with every default filled in and paths absolute."""
@@ -195,6 +221,7 @@ class Experiment:
     vectorize: VectorizeConfig = VectorizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     cluster: ClusterConfig = ClusterConfig()
+    train: TrainConfig = TrainConfig()
     source: Path = field(metadata={"yaml": False})  # the experiment file loaded (absolute)
 
     def to_dict(self) -> dict:
