@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,7 +17,15 @@ from rasterio.features import rasterize
 from shapely.geometry import box
 
 from deepseg.config import GridConfig
-from deepseg.demo import CHUNK_PX, DEMO_SEED, NODATA_COLS, make_scene
+from deepseg.demo import (
+    CHUNK_PX,
+    DEMO_SEED,
+    GENERATOR_VERSION,
+    NODATA_COLS,
+    SCENE_TAG,
+    ensure_demo,
+    make_scene,
+)
 from deepseg.model import load_model
 from deepseg.scenes import render_scene
 from deepseg.training import predict_scene
@@ -171,3 +180,19 @@ def test_demo_model_finds_scars_and_ignores_lookalikes() -> None:
     # measured: precision 1.000, recall 0.753, no look-alike pixel (threshold 0.989)
     assert precision > 0.95 and recall > 0.7, (precision, recall)
     assert flagged[alike].mean() < 0.01
+
+
+def test_a_scene_from_another_generator_version_is_remade(full_scene, demo_folder, tmp_path):
+    demo = tmp_path / "data" / "demo"
+    demo.mkdir(parents=True)
+    for name in ("scene.tif", "reference.gpkg"):
+        shutil.copy(demo_folder / name, demo / name)
+    made = (demo / "scene.tif").stat().st_mtime_ns
+    ensure_demo(tmp_path)
+    assert (demo / "scene.tif").stat().st_mtime_ns == made  # current: kept
+    with rasterio.open(demo / "scene.tif", "r+") as dst:
+        dst.update_tags(**{SCENE_TAG: "generator 1"})  # as an older DeepSeg made it
+    ensure_demo(tmp_path)
+    with rasterio.open(demo / "scene.tif") as src:
+        assert src.tags()[SCENE_TAG].startswith(f"generator {GENERATOR_VERSION}, 3072 x 2560")
+        np.testing.assert_array_equal(src.read(), full_scene[0])  # remade, same seed

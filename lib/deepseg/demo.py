@@ -27,7 +27,7 @@ from shapely.affinity import affine_transform
 
 from .outputs import atomic_path
 from .progress import setup_logging
-from .scenes import render_scene
+from .scenes import Scene, render_scene
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ NODATA_COLS = 40
 DEMO_SEED = 7
 DEMO_WIDTH, DEMO_HEIGHT = 3072, 2560
 DEMO_GIANTS, DEMO_ROADS = 2, 2
+SCENE_TAG = "DEEPSEG_DEMO_SCENE"  # GeoTIFF tag: what made the scene (see ``scene_version``)
+GENERATOR_VERSION = 2  # raise whenever scenes.py or shapes.py change what a seed draws
+
+
+def scene_version(width: int, height: int, seed: int, giants: int, roads: int) -> str:
+    """What made a scene: a demo scene made otherwise is remade by ``ensure_demo``."""
+    return (
+        f"generator {GENERATOR_VERSION}, {width} x {height} px, seed {seed}, "
+        f"{giants} giants, {roads} roads"
+    )
 
 
 def scene_transform() -> Affine:
@@ -64,6 +74,7 @@ def make_scene(
     pixels."""
     scene = render_scene(width, height, seed, giants=giants, roads=roads, nodata_cols=NODATA_COLS)
     transform = scene_transform()
+    _write_reference(reference_path, scene, transform)  # first: the scene marks both complete
     profile = DefaultGTiffProfile(  # uint8, nodata 0, 256 px tiles, LZW
         width=width, height=height, count=3, crs="EPSG:3413", transform=transform
     )
@@ -71,6 +82,10 @@ def make_scene(
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(scene.pixels)
         dst.descriptions = ("red", "green", "blue")
+        dst.update_tags(**{SCENE_TAG: scene_version(width, height, seed, giants, roads)})
+
+
+def _write_reference(reference_path: Path, scene: Scene, transform: Affine) -> None:
     to_map = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
     reference = gpd.GeoDataFrame(
         {"rts_id": np.arange(1, len(scene.slumps) + 1, dtype=np.int64)},
@@ -87,12 +102,24 @@ def make_scene(
         lookalikes.to_file(tmp, layer="lookalikes", driver="GPKG")
 
 
+def _current(scene: Path) -> bool:
+    """Whether ``scene`` exists and was made by this version of the generator."""
+    if not scene.exists():
+        return False
+    with rasterio.open(scene) as src:
+        made_by = src.tags().get(SCENE_TAG)
+    current = made_by == scene_version(DEMO_WIDTH, DEMO_HEIGHT, DEMO_SEED, DEMO_GIANTS, DEMO_ROADS)
+    if not current:
+        log.info("%s was made by another version of the demo generator: remaking it", scene)
+    return current
+
+
 def ensure_demo(repo_root: Path, force: bool = False) -> None:
     """Make ``data/demo/scene.tif`` and ``reference.gpkg`` (seed ``DEMO_SEED``) under
-    ``repo_root`` where absent (or always, with ``force``)."""
+    ``repo_root`` where absent or made by another generator version (always, with ``force``)."""
     demo = repo_root / "data" / "demo"
     scene, reference = demo / "scene.tif", demo / "reference.gpkg"
-    if force or not (scene.exists() and reference.exists()):
+    if force or not (_current(scene) and reference.exists()):
         start = time.perf_counter()
         make_scene(scene, reference)
         log.info("made %s and %s in %.1f s", scene, reference, time.perf_counter() - start)
