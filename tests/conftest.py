@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,16 @@ def write_experiment(folder: Path, rasters: list[Path], model_dir: Path, **secti
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path
+
+
+@pytest.fixture(autouse=True)
+def stage_logging_ends_with_the_test() -> Iterator[None]:
+    """A stage run in-process (``cli.run_stage``) points the root logger at the stderr that
+    pytest captured for that test; drop it, so later tests do not log to a closed stream."""
+    yield
+    for handler in logging.root.handlers[:]:
+        if type(handler) is logging.StreamHandler:
+            logging.root.removeHandler(handler)
 
 
 @pytest.fixture
