@@ -150,7 +150,7 @@ def render(
         )
     bar = fig.add_axes(((w + 40) / (w + 260), 60 / (h + 110), 18 / (w + 260), h / (h + 110)))
     fig.colorbar(image, cax=bar).set_label("highest probability in the pixel", fontsize=8)
-    outline = Line2D([], [], color=OUTLINE, label=f"probability >= {threshold:.2f} (binary)")
+    outline = Line2D([], [], color=OUTLINE, label=f"probability >= {threshold:.3f} (binary)")
     fig.legend(handles=[outline], loc="lower left", frameon=False)
     fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
     with atomic_path(path) as tmp:
