@@ -41,6 +41,14 @@ ensure_python() {
     deepseg_ensure_venv "$ROOT" || die "installing DeepSeg into $ROOT/.venv failed (see above)"
 }
 
+script_of() {  # the script of a stage name; status 1 for an unknown name
+    case "$1" in
+        tiles|create_tiles) echo create_tiles.py ;;
+        predict|merge|vectorize|evaluate) echo "$1.py" ;;
+        *) return 1 ;;
+    esac
+}
+
 main() {
     [[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || { sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0; }
     local name=$1; shift
@@ -61,16 +69,15 @@ main() {
     if [[ "${stages[0]}" == "check" ]]; then  # exit 1: tiles, chunks or polygons are missing
         exec python -m deepseg.check -e "$name"
     fi
+    local stage script start
+    for stage in "${stages[@]}"; do  # every name checked before any stage runs
+        script_of "$stage" >/dev/null || die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, check or sync)"
+    done
     if [[ "$name" == "demo" ]]; then
         python -m deepseg.demo --root "$ROOT"
     fi
-    local stage script start
     for stage in "${stages[@]}"; do
-        case "$stage" in
-            tiles|create_tiles) script=create_tiles.py ;;
-            predict|merge|vectorize|evaluate) script=$stage.py ;;
-            *) die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, or sync)" ;;
-        esac
+        script=$(script_of "$stage")
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS
         python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"

@@ -36,7 +36,7 @@ def test_calibration_picks_the_best_f_beta_threshold(tmp_path, model_dir):
     exp = load_experiment(exp_path)
     reference = write_polygons(tmp_path / "ref.gpkg", REFERENCE[:2])
     paths = RunPaths.of(exp)
-    with pytest.raises(DeepSegError, match="calibration.json does not exist; run evaluate.py"):
+    with pytest.raises(DeepSegError, match="calibration.json does not exist: calibrating needs"):
         merge_threshold(exp, 0.5)
     # positives 5,200 at 0.9 and 5,200 at 0.6, negatives 4,000 at 0.7 (and 0.1):
     # t in (0.1, 0.6]: tp 10,400, fp 4,000, fn 0     -> F0.5 0.765, F1 0.839

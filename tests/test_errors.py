@@ -77,9 +77,10 @@ def test_missing_tile_stores_say_what_to_run(tmp_path, model_dir):
 
 def test_model_with_other_channel_count_is_refused(tmp_path, model_dir):
     exp = write_experiment(tmp_path, [scene(tmp_path)], model_dir, input={"bands": [1, 2]})
-    assert run_script("create_tiles.py", exp).returncode == 0
-    line = assert_one_line_error(run_script("predict.py", exp), "normalization_stats.json")
-    assert "2 band(s)" in line
+    for script in ("create_tiles.py", "predict.py"):  # refused before staging any tile
+        line = assert_one_line_error(run_script(script, exp), "normalization_stats.json")
+        assert "2 band(s)" in line
+    assert not (tmp_path / "out" / "tiles").exists()
     assert not (tmp_path / "out" / "predictions").exists()
 
 
@@ -141,9 +142,9 @@ def test_model_trained_on_other_data_is_refused_before_any_work(tmp_path, model_
     exp = write_experiment(
         tmp_path, [scene(tmp_path)], model_dir, model={"expected_data_version": "planet-2025"}
     )
-    assert run_script("create_tiles.py", exp).returncode == 0
-    line = assert_one_line_error(
-        run_script("predict.py", exp), "normalization_stats.json", "planet-2025", "test"
-    )
-    assert "data_version" in line
-    assert not (tmp_path / "out" / "predictions").exists()
+    for script in ("create_tiles.py", "predict.py"):
+        line = assert_one_line_error(
+            run_script(script, exp), "normalization_stats.json", "planet-2025", "test"
+        )
+        assert "data_version" in line
+    assert not (tmp_path / "out" / "tiles").exists()

@@ -4,6 +4,7 @@ projected CRS, and tile stores that do not sit on the experiment's grid."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -82,7 +83,8 @@ def test_tile_stores_staged_for_another_grid_are_refused_before_predicting(tmp_p
     assert str(error.value) == (
         f"{first}: made on another grid (it covers grid pixels [128, 320, 224, 416], this grid "
         "puts its chunk at [96, 288, 256, 448]); grid.*, crs or inference.scales changed since "
-        "it was written: restore them, or rerun that stage with --force"
+        "it was written: restore them, or write this run to a new output.path (or delete "
+        "that folder's tiles/ and predictions/ first)"
     )
     # the grid moved by one pixel: the same boxes, another georeferencing
     moved = write_experiment(
@@ -99,16 +101,12 @@ def test_each_store_on_another_grid_fails_its_unit(tmp_path, model_dir):
     plain = load_experiment(write_experiment(tmp_path, [raster], model_dir))
     create_tiles(plain)
     paths = RunPaths.of(plain)
-    wider = write_experiment(
-        tmp_path / "w",
-        [raster],
-        model_dir,
-        output={"path": str(paths.root)},
-        inference={"scales": [1.0, 0.5]},
-    )
-    create_tiles(load_experiment(wider), force=True, shard=(0, 2))  # not the first store
-    restaged = set(select_shard(sorted(fold(paths, "create_tiles")), (0, 2)))
+    wider = write_experiment(tmp_path / "w", [raster], model_dir, inference={"scales": [1.0, 0.5]})
+    create_tiles(load_experiment(wider))  # create_tiles refuses in place: copied in by hand
+    restaged = set(select_shard(sorted(fold(paths, "create_tiles")), (0, 2)))  # not the first
     restaged &= {p.stem for p in paths.tile_stores()}
+    for unit in restaged:
+        shutil.copyfile(tmp_path / "w" / "out" / "tiles" / f"{unit}.kea", paths.tile_store(unit))
     with pytest.raises(DeepSegError, match=rf"predict: {len(restaged)} unit\(s\) failed"):
         predict(plain)
     manifest = json.loads((paths.logs / "predict_manifest.json").read_text())

@@ -248,8 +248,8 @@ def test_missing_credentials_and_bucket_are_one_line_errors(tmp_path, bucket, mo
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "deepseg: error: gs://no-such-bucket-here/run/logs (bucket no-such-bucket-here, "
-        "object run/logs): bucket no-such-bucket-here does not exist (HTTP 404); check the path"
+        "deepseg: error: gs://no-such-bucket-here/run/tiles (bucket no-such-bucket-here, "
+        "object run/tiles): bucket no-such-bucket-here does not exist (HTTP 404); check the path"
     )
 
 

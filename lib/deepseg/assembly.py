@@ -9,6 +9,7 @@ the maximum, or for ``sinusoidal`` stores the mean weighted by each store's wind
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .outputs import RunPaths
 from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
 
 DEFAULT_REGION = "all"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class StoreIndex:
             thresholds.add(float(info["threshold"]))
             scales.add(tuple(float(s) for s in info["scales"]))
             methods.add(info.get("merge_method", "max"))
+        if not found and any(s.status == "done" for s in states.values()):
+            raise DeepSegError(
+                f"{paths.predictions}: no probability stores: predict found no tile with valid "
+                "data (inputs all nodata, or a grid.tile_list that misses them); nothing to merge"
+            )
         if not found:
             raise DeepSegError(f"{paths.predictions}: no probability stores; run predict.py first")
         if len(thresholds) > 1 or len(scales) > 1 or len(methods) > 1:
@@ -107,3 +114,35 @@ def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.nd
         np.divide(num, den, out=num, where=den > 0)
         prob = np.where(den > 0, num, PROB_NODATA).astype(np.float32)
     return prob, hits
+
+
+def check_predicted(exp: Experiment) -> None:
+    """Refuse to merge or vectorize while predict has not run (or is still running) a chunk
+    create_tiles staged tiles for: the outputs would have holes there. Chunks whose predict
+    failed are left out with a warning (a few bad chunks must not hold up a continent); their
+    area stays nodata until they are redone, which remakes the outputs."""
+    paths = RunPaths.of(exp)
+    predicted = fold(paths, "predict")
+    staged = fold(paths, "create_tiles")
+    with_tiles = sorted(u for u, s in staged.items() if s.status == "done" and s.outputs)
+    status = {u: getattr(predicted.get(u), "status", None) for u in with_tiles}
+    missing = [u for u in with_tiles if status[u] not in ("done", "failed")]
+    failed = [u for u in with_tiles if status[u] == "failed"]
+    check = f"python -m deepseg.check -e {exp.name} lists them"
+    if missing:
+        raise DeepSegError(
+            f"predict has not finished {len(missing)} chunk(s) with staged tiles "
+            f"({_first(missing)}); run predict.py -e {exp.name} until it reports none "
+            f"pending ({check})"
+        )
+    if failed:
+        log.warning(
+            "predict failed on %d chunk(s) (%s): their area stays nodata; %s",
+            len(failed),
+            _first(failed),
+            check,
+        )
+
+
+def _first(units: list[str], most: int = 5) -> str:
+    return ", ".join(units[:most]) + (" ..." if len(units) > most else "")

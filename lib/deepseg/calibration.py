@@ -32,8 +32,10 @@ def read_calibrated_threshold(paths: RunPaths) -> float:
         threshold = json.loads(paths.calibration.read_text())["threshold"]
     except FileNotFoundError:
         raise DeepSegError(
-            f"merge.threshold is {CALIBRATED!r} but {paths.calibration} does not exist; run "
-            "evaluate.py --calibrate with a reference first, or set merge.threshold to a number"
+            f"merge.threshold is {CALIBRATED!r} but {paths.calibration} does not exist: "
+            "calibrating needs a finished run. Run with merge.threshold unset (the model's "
+            "threshold) or a number, then evaluate.py --calibrate with a reference, then set "
+            "merge.threshold: calibrated and rerun merge.py and vectorize.py"
         ) from None
     except (ValueError, KeyError) as exc:
         raise DeepSegError(
@@ -52,3 +54,15 @@ def merge_threshold(exp: Experiment, default: float) -> float:
     if setting == CALIBRATED:
         return read_calibrated_threshold(RunPaths.of(exp))
     return float(setting)
+
+
+def threshold_identity(exp: Experiment) -> Any:
+    """What the binary threshold comes from, for ``made_from`` digests: the setting, with the
+    calibrated value when it is ``calibrated`` (None while not calibrated)."""
+    setting = exp.merge.threshold
+    if setting != CALIBRATED:
+        return setting
+    try:
+        return [setting, read_calibrated_threshold(RunPaths.of(exp))]
+    except DeepSegError:
+        return [setting, None]

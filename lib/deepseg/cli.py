@@ -95,3 +95,6 @@ def run_stage(
         logging.getLogger("deepseg").debug("user error", exc_info=True)
         print(f"deepseg: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("deepseg: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

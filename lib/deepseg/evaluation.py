@@ -62,6 +62,8 @@ def _settings(exp: Experiment, **overrides: Any) -> EvaluateConfig:
     for key in ("reference", "aoi"):
         if key in given:
             given[key] = Path(given[key]).expanduser().absolute()
+    if "reference" in given:  # another file: the experiment's layer name is not its
+        given.setdefault("reference_layer", None)
     settings = dataclasses.replace(exp.evaluate, **given)
     if not 0 < settings.iou <= 1:
         raise DeepSegError(f"--iou: expected a number in (0, 1], got {settings.iou:g}")

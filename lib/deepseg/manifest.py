@@ -6,8 +6,9 @@ concurrent Slurm array tasks never write the same file and a crash loses at most
 written. A record is ``{"unit", "status", "time", "run", "worker", "host", "slurm_job",
 ...}`` with status ``running`` (a unit started), ``done`` (its outputs were renamed into place;
 ``outputs`` lists them, relative to ``output.path``; ``counts`` are summed in the run log;
-``info`` holds facts later stages read, e.g. a probability store's valid box) or ``failed``
-(``error`` holds the text).
+``info`` holds facts later stages read, e.g. a probability store's valid box;
+``made_from`` a digest of the inputs and settings it was made from) or ``failed`` (``error``
+holds the text).
 
 ``fold`` reads every journal and keeps one state per unit: its last record, the number of
 attempts (``running`` records) and the first start. ``write_manifest`` stores that view as
@@ -17,6 +18,7 @@ attempts (``running`` records) and the first start. ``write_manifest`` stores th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import socket
@@ -112,6 +114,7 @@ class UnitState:
     counts: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    made_from: str | None = None  # see ``digest``; None for units recovered from disk
 
 
 def _journal_lines(folder: Path) -> Iterable[dict[str, Any]]:
@@ -144,7 +147,21 @@ def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
             state.outputs = rec.get("outputs", [])
             state.counts = rec.get("counts", {})
             state.info = rec.get("info", {})
+            state.made_from = rec.get("made_from")
     return states
+
+
+def digest(*parts: Any) -> str:
+    """A short stable digest of JSON-able ``parts``: what a unit was made from (its inputs'
+    identities and the settings its outputs depend on)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def done_runs(paths: RunPaths, stage: str) -> dict[str, str]:
+    """Unit -> the run that finished it, for the done units of ``stage``: what a later stage
+    that reads them records as its input (a unit redone gets a new run)."""
+    return {u: s.run or "" for u, s in fold(paths, stage).items() if s.status == "done"}
 
 
 def write_manifest(paths: RunPaths, stage: str, states: dict[str, UnitState]) -> Path:

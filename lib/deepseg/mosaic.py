@@ -33,10 +33,11 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
 from . import kea, kea_pyramid, preview
-from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
-from .calibration import merge_threshold
+from .assembly import DEFAULT_REGION, StoreIndex, assemble, check_predicted, regions
+from .calibration import merge_threshold, threshold_identity
 from .config import Experiment
 from .grid import PixelBox, TileGrid
+from .manifest import digest, done_runs
 from .outputs import RunPaths, atomic_path, partial_path
 from .progress import progress
 from .runner import Stage, UnitResult, run
@@ -256,11 +257,22 @@ def merge_outputs(exp: Experiment, region: str) -> list[Path]:
     return cogs + png + (kea_files if "kea" in exp.merge.formats else [])
 
 
+def merged_made_from(exp: Experiment) -> Callable[[str], str]:
+    """Region -> digest of what its rasters are made from: every probability store (by the
+    predict run that wrote it), the region's box, the threshold and the merge settings."""
+    stores = done_runs(RunPaths.of(exp), "predict")
+    settings = exp.to_dict()["merge"]
+    threshold = threshold_identity(exp)
+    return lambda region: digest(stores, exp.regions.get(region), threshold, settings)
+
+
 STAGE = Stage(
     name="merge",
     units=merge_units,
     expected=merge_outputs,
     worker=MergeWorker,
+    check=check_predicted,
+    made_from=merged_made_from,
 )
 
 

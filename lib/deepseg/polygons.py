@@ -19,6 +19,7 @@ area, one polygon per chunk, so downstream tools can deduplicate overlapping run
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,10 +28,11 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
-from .assembly import DEFAULT_REGION, StoreIndex, assemble, regions
-from .calibration import merge_threshold
+from .assembly import DEFAULT_REGION, StoreIndex, assemble, check_predicted, regions
+from .calibration import merge_threshold, threshold_identity
 from .config import Experiment
 from .grid import TileGrid
+from .manifest import digest, done_runs
 from .outputs import RunPaths, atomic_path
 from .pieces import chunk_footprint, chunk_pieces
 from .progress import progress
@@ -266,12 +268,27 @@ def _append(target: Path, frame: gpd.GeoDataFrame, so_far: int, force: bool = Fa
     return len(frame)
 
 
+def polygons_made_from(exp: Experiment) -> Callable[[str], str]:
+    """Chunk id -> digest of what its pieces are made from: every probability store (a chunk
+    core reads its neighbours' overhang), the threshold, the regions and the vectorize
+    settings."""
+    made = digest(
+        done_runs(RunPaths.of(exp), "predict"),
+        threshold_identity(exp),
+        exp.to_dict()["regions"],
+        exp.to_dict()["vectorize"],
+    )
+    return lambda unit: made
+
+
 STAGE = Stage(
     name="vectorize",
     units=vectorize_units,
     expected=lambda exp, unit: [RunPaths.of(exp).pieces / f"{unit}.fgb"],
     worker=VectorizeWorker,
     finish=gather,
+    check=check_predicted,
+    made_from=polygons_made_from,
 )
 
 

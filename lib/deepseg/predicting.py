@@ -10,26 +10,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
 import numpy as np
 import torch
 
-from .calibration import merge_threshold
+from .calibration import merge_threshold, threshold_identity
 from .chunk_io import ChunkIO, auto_workers
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import TileGrid
 from .inference import BatchSize, predict_chunk
-from .manifest import fold
+from .manifest import digest, done_runs, fold
 from .model import WEIGHTS, load_model, read_model_card
 from .outputs import RunPaths, publish
 from .runlog import update_run_log
 from .runner import Event, Stage, UnitResult, run
 from .storage import local_model_dir, model_hashes
-from .stores import TileStore, check_on_grid, read_tile_header
-from .tiling import listed_tiles, tiling_units
+from .stores import TileStore, check_on_grid
+from .tiling import check_model_and_grid, listed_tiles, tiling_units
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ def predict_units(exp: Experiment) -> list[str]:
     if not paths.tile_stores() and not fold(paths, "create_tiles"):
         raise DeepSegError(f"{paths.tiles}: no tile stores; run create_tiles.py first")
     return tiling_units(exp)
-
-
-def _check(exp: Experiment) -> None:
-    """Refuse a model folder or setting that cannot work, or tile stores staged on another
-    grid (the first one is looked at), before anything is written."""
-    read_model_card(local_model_dir(exp), len(exp.input.bands), exp.model.expected_data_version)
-    paths = RunPaths.of(exp)
-    staged = paths.tile_stores()
-    if staged:
-        grid = TileGrid.from_experiment(exp)
-        chunk, box, info = read_tile_header(paths.local(staged[0]))
-        check_on_grid(staged[0], chunk, box, info, grid, exp.crs, grid.chunk_store_box(*chunk))
 
 
 def device_name(device: torch.device) -> str:
@@ -197,12 +185,30 @@ class PredictWorker:
         return "done", unit, UnitResult([target], counts, info)
 
 
+def predictions_made_from(exp: Experiment) -> Callable[[str], str]:
+    """Chunk id -> digest of what its probability store is made from: the run that staged its
+    tiles, the model files, the settings that change probabilities (scales, TTA, precision,
+    the blending of overlaps) and, with several scales, the threshold of the scale hits."""
+    staged = done_runs(RunPaths.of(exp), "create_tiles")
+    inference = exp.inference
+    settings = {
+        "model": model_hashes(local_model_dir(exp)),
+        "scales": list(inference.scales),
+        "tta": inference.tta,
+        "precision": inference.precision,
+        "method": exp.merge.method,
+        "threshold": threshold_identity(exp) if len(inference.scales) > 1 else None,
+    }
+    return lambda unit: digest(settings, staged.get(unit))
+
+
 STAGE = Stage(
     name="predict",
     units=predict_units,
     expected=lambda exp, unit: [RunPaths.of(exp).prob_store(unit)],
     worker=PredictWorker,
-    check=_check,
+    check=check_model_and_grid,
+    made_from=predictions_made_from,
     prepare=_prepare,
     uses_gpu=True,
 )

@@ -6,8 +6,12 @@ writes that unit's outputs atomically. A unit is *done* when the manifest holds 
 record whose outputs all exist (and, if it wrote any, so do those the current settings
 expect, e.g. a product newly added to ``merge.products``), or, with no record, when its
 expected outputs exist (a file is renamed into place only once complete, so a kill between
-the rename and the record loses nothing). With ``--force`` only ``done`` records of this
-invocation (``run_id``) count, so a requeued task does not redo what it already redid.
+the rename and the record loses nothing). A done record whose ``made_from`` (the digest of
+the inputs and settings the stage's ``made_from`` names, e.g. the tile list, the model, the
+threshold or the earlier stage's runs of its chunks) differs from today's is redone, so an edited
+experiment or a redone earlier stage never leaves stale outputs. With ``--force`` only ``done``
+records of this invocation (``run_id``) count, so a requeued task does not redo what it
+already redid.
 
 The driver (``run``) selects the units (``--shard I/N`` takes every N-th, deterministically),
 hands the pending ones to the executor chosen by ``cluster.executor`` (``EXECUTORS``), then
@@ -85,6 +89,20 @@ class Stage:
     # file; its argument says whether to redo it (units ran now, or --force)
     finish: Callable[[Experiment, bool], dict[str, Any]] | None = None
     uses_gpu: bool = False
+    # what a unit is made from: called once per process, returns unit -> digest
+    made_from: Callable[[Experiment], Callable[[str], str]] | None = None
+
+
+def made_from(stage: Stage, exp: Experiment) -> Callable[[str], str | None]:
+    """Unit -> the digest of what it would be made from now (None: the stage keeps none)."""
+    return stage.made_from(exp) if stage.made_from is not None else lambda unit: None
+
+
+def is_stale(state: UnitState | None, current: str | None) -> bool:
+    """Whether a done unit was made from other inputs or settings than ``current``."""
+    if state is None or state.status != "done" or None in (current, state.made_from):
+        return False
+    return state.made_from != current
 
 
 def new_run_id() -> str:
@@ -93,9 +111,16 @@ def new_run_id() -> str:
 
 
 def is_done(
-    state: UnitState | None, expected: Sequence[Path], paths: RunPaths, run_id: str, force: bool
+    state: UnitState | None,
+    expected: Sequence[Path],
+    paths: RunPaths,
+    run_id: str,
+    force: bool,
+    current: str | None = None,
 ) -> bool:
-    """See the module docstring."""
+    """See the module docstring; ``current`` is the unit's ``made_from`` digest today."""
+    if is_stale(state, current):
+        return False
     if state is not None and state.status == "done" and (not force or state.run == run_id):
         recorded = all(paths.done(paths.root / out) for out in state.outputs)
         return recorded and (not state.outputs or all(paths.done(p) for p in expected))
@@ -108,8 +133,11 @@ def pending_units(
     """The units of ``units`` that are not done."""
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
+    current = made_from(stage, exp)
     return [
-        u for u in units if not is_done(states.get(u), stage.expected(exp, u), paths, run_id, force)
+        u
+        for u in units
+        if not is_done(states.get(u), stage.expected(exp, u), paths, run_id, force, current(u))
     ]
 
 
@@ -129,6 +157,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         journal.close()
         return 0
     worker = stage.worker(exp)
+    current = made_from(stage, exp)
     failed = succeeded = 0
     stream = events(worker, todo)
     try:
@@ -138,7 +167,12 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
                 succeeded += 1
                 outputs = [str(p.relative_to(paths.root)) for p in payload.outputs]
                 journal.record(
-                    unit, "done", outputs=outputs, counts=payload.counts, info=payload.info
+                    unit,
+                    "done",
+                    outputs=outputs,
+                    counts=payload.counts,
+                    info=payload.info,
+                    made_from=current(unit),
                 )
                 continue
             failed += 1
@@ -226,6 +260,7 @@ def run(
     if stage.prepare is not None:
         stage.prepare(exp)
     run_id = new_run_id()
+    _log_stale(stage, exp, units)
     todo = pending_units(stage, exp, units, run_id, force)
     _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id)
     log.info(
@@ -261,10 +296,25 @@ def _record_recovered(
     if not missing:
         return
     journal = journal or Journal(paths, stage.name, run_id)
+    current = made_from(stage, exp)  # the best guess: made from today's inputs and settings
     for unit in missing:
         outputs = [str(p.relative_to(paths.root)) for p in stage.expected(exp, unit)]
-        journal.record(unit, "done", outputs=outputs, recovered=True)
+        journal.record(unit, "done", outputs=outputs, recovered=True, made_from=current(unit))
     log.info("%s: %d unit(s) found complete on disk, recorded as done", stage.name, len(missing))
+
+
+def _log_stale(stage: Stage, exp: Experiment, units: Sequence[str]) -> None:
+    """Say which done units will be redone because their inputs or settings changed."""
+    states, current = fold(RunPaths.of(exp), stage.name), made_from(stage, exp)
+    stale = [u for u in units if is_stale(states.get(u), current(u))]
+    if stale:
+        log.warning(
+            "%s: %d unit(s) were made from other inputs or settings than the experiment's now "
+            "(%s); redoing them",
+            stage.name,
+            len(stale),
+            _names(stale),
+        )
 
 
 def _unfinished(stage: Stage, exp: Experiment, run_id: str) -> bool:

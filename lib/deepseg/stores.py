@@ -301,5 +301,6 @@ def check_on_grid(
         return
     raise DeepSegError(
         f"{path}: made on another grid ({why}); grid.*, crs or inference.scales changed since "
-        "it was written: restore them, or rerun that stage with --force"
+        "it was written: restore them, or write this run to a new output.path (or delete "
+        "that folder's tiles/ and predictions/ first)"
     )

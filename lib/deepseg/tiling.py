@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,13 @@ import numpy as np
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
+from .manifest import digest
+from .model import read_model_card
 from .outputs import RunPaths
 from .runner import Stage, UnitResult, run
 from .sources import InputRaster, open_inputs, read_box
-from .storage import local_file
-from .stores import TileTable, write_tile_store
+from .storage import local_file, local_model_dir
+from .stores import TileTable, check_on_grid, read_tile_header, write_tile_store
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +187,48 @@ class TilingWorker:
         return UnitResult([target], counts)
 
 
+def check_model_and_grid(exp: Experiment, download: bool = True) -> None:
+    """Refuse, before anything is written, a model folder that cannot work with
+    ``input.bands``, or tile stores of this output made on another grid (the first one is
+    looked at; with ``download=False`` the first one already on this machine, for a gs://
+    run): staging hours of tiles for a model that cannot read them helps nobody."""
+    read_model_card(local_model_dir(exp), len(exp.input.bands), exp.model.expected_data_version)
+    paths = RunPaths.of(exp)
+    staged = [p for p in paths.tile_stores() if download or p.is_file()]
+    if staged:
+        grid = TileGrid.from_experiment(exp)
+        chunk, box, info = read_tile_header(paths.local(staged[0]))
+        check_on_grid(staged[0], chunk, box, info, grid, exp.crs, grid.chunk_store_box(*chunk))
+
+
+def tiles_made_from(exp: Experiment) -> Callable[[str], str]:
+    """Chunk id -> digest of what its tile store is made from: the input rasters (by path),
+    bands, nodata, resampling, CRS and grid, and the listed tiles inside the chunk (so sharing
+    a tile list out among machines keeps each chunk's digest)."""
+    grid = TileGrid.from_experiment(exp)
+    listed = listed_tiles(exp, grid)
+    by_chunk: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for tile in sorted(listed or ()):
+        by_chunk[grid.chunk_of_tile(*tile)].append(tile)
+    settings = exp.to_dict()
+    inputs = {k: settings["input"][k] for k in ("rasters", "bands", "nodata", "resampling")}
+    layout = {k: v for k, v in settings["grid"].items() if k != "tile_list"}
+    common = (settings["crs"], layout, inputs, exp.input.non_square_pixels)
+
+    def made_from(unit: str) -> str:
+        chunk = grid.parse_chunk_id(unit)
+        return digest(common, None if listed is None else by_chunk.get(chunk, []))
+
+    return made_from
+
+
 STAGE = Stage(
     name="create_tiles",
     units=tiling_units,
     expected=lambda exp, unit: [RunPaths.of(exp).tile_store(unit)],
     worker=TilingWorker,
+    check=lambda exp: check_model_and_grid(exp, download=False),
+    made_from=tiles_made_from,
 )
 
 
