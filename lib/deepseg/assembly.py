@@ -18,7 +18,7 @@ import numpy as np
 from .config import Experiment
 from .errors import DeepSegError
 from .grid import PixelBox, TileGrid
-from .manifest import fold
+from .manifest import fold, unit_names
 from .outputs import RunPaths
 from .stores import PROB_NODATA, read_prob_attrs, read_prob_window
 
@@ -132,17 +132,13 @@ def check_predicted(exp: Experiment) -> None:
     if missing:
         raise DeepSegError(
             f"predict has not finished {len(missing)} chunk(s) with staged tiles "
-            f"({_first(missing)}); run predict.py -e {exp.name} until it reports none "
+            f"({unit_names(missing)}); run predict.py -e {exp.name} until it reports none "
             f"pending ({check})"
         )
     if failed:
         log.warning(
             "predict failed on %d chunk(s) (%s): their area stays nodata; %s",
             len(failed),
-            _first(failed),
+            unit_names(failed),
             check,
         )
-
-
-def _first(units: list[str], most: int = 5) -> str:
-    return ", ".join(units[:most]) + (" ..." if len(units) > most else "")

@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -162,6 +162,11 @@ def done_runs(paths: RunPaths, stage: str) -> dict[str, str]:
     """Unit -> the run that finished it, for the done units of ``stage``: what a later stage
     that reads them records as its input (a unit redone gets a new run)."""
     return {u: s.run or "" for u, s in fold(paths, stage).items() if s.status == "done"}
+
+
+def unit_names(units: Sequence[str], most: int = 5) -> str:
+    """The first few unit ids, for a one-line message ("none" for none)."""
+    return ", ".join(units[:most]) + (" ..." if len(units) > most else "") or "none"
 
 
 def write_manifest(paths: RunPaths, stage: str, states: dict[str, UnitState]) -> Path:

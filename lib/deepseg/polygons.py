@@ -272,11 +272,12 @@ def polygons_made_from(exp: Experiment) -> Callable[[str], str]:
     """Chunk id -> digest of what its pieces are made from: every probability store (a chunk
     core reads its neighbours' overhang), the threshold, the regions and the vectorize
     settings."""
+    settings = exp.to_dict()
     made = digest(
         done_runs(RunPaths.of(exp), "predict"),
         threshold_identity(exp),
-        exp.to_dict()["regions"],
-        exp.to_dict()["vectorize"],
+        settings["regions"],
+        settings["vectorize"],
     )
     return lambda unit: made
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from .config import Experiment
 from .errors import DeepSegError
-from .manifest import Journal, UnitState, fold, write_manifest
+from .manifest import Journal, UnitState, fold, unit_names, write_manifest
 from .outputs import RunPaths
 from .progress import progress
 from .runlog import record_experiment, record_stage
@@ -128,12 +128,18 @@ def is_done(
 
 
 def pending_units(
-    stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force: bool
+    stage: Stage,
+    exp: Experiment,
+    units: Sequence[str],
+    run_id: str,
+    force: bool,
+    current: Callable[[str], str | None] | None = None,
 ) -> list[str]:
-    """The units of ``units`` that are not done."""
+    """The units of ``units`` that are not done; ``current`` is ``made_from(stage, exp)``
+    when the caller has it already (it hashes the model files, reads the tile list)."""
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
-    current = made_from(stage, exp)
+    current = current or made_from(stage, exp)
     return [
         u
         for u in units
@@ -150,14 +156,15 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
     """
     paths = RunPaths.of(exp)
     journal = Journal(paths, stage.name, run_id)
-    todo = pending_units(stage, exp, units, run_id, force)
+    current = made_from(stage, exp)
+    todo = pending_units(stage, exp, units, run_id, force, current)
     # a requeued task may find a unit its first run finished but was stopped before recording
-    _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id, journal)
+    done = [u for u in units if u not in set(todo)]
+    _record_recovered(stage, exp, done, run_id, current, journal)
     if not todo:
         journal.close()
         return 0
     worker = stage.worker(exp)
-    current = made_from(stage, exp)
     failed = succeeded = 0
     stream = events(worker, todo)
     try:
@@ -260,9 +267,10 @@ def run(
     if stage.prepare is not None:
         stage.prepare(exp)
     run_id = new_run_id()
-    _log_stale(stage, exp, units)
-    todo = pending_units(stage, exp, units, run_id, force)
-    _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id)
+    current = made_from(stage, exp)  # what the earlier stages and settings are now
+    _log_stale(stage, exp, units, current)
+    todo = pending_units(stage, exp, units, run_id, force, current)
+    _record_recovered(stage, exp, [u for u in units if u not in set(todo)], run_id, current)
     log.info(
         "%s: %d unit(s), %d done already, %d to do (%s executor)",
         stage.name,
@@ -280,13 +288,20 @@ def run(
         summary["skipped"] = entry["skipped"]
         entry.update(done=summary["done"], failed=len(summary["failed"]), **summary["counts"])
         _report(stage, summary)
-        if stage.finish is not None and (shard is None or not _unfinished(stage, exp, run_id)):
+        if stage.finish is not None and (
+            shard is None or not _unfinished(stage, exp, run_id, current)
+        ):
             entry.update(stage.finish(exp, bool(todo) or force))
     return summary
 
 
 def _record_recovered(
-    stage: Stage, exp: Experiment, done: Sequence[str], run_id: str, journal: Journal | None = None
+    stage: Stage,
+    exp: Experiment,
+    done: Sequence[str],
+    run_id: str,
+    current: Callable[[str], str | None],
+    journal: Journal | None = None,
 ) -> None:
     """Record as done the units whose outputs are complete on disk without a done record
     (a worker killed between the rename and the record), so the manifest tells the truth."""
@@ -296,16 +311,17 @@ def _record_recovered(
     if not missing:
         return
     journal = journal or Journal(paths, stage.name, run_id)
-    current = made_from(stage, exp)  # the best guess: made from today's inputs and settings
-    for unit in missing:
+    for unit in missing:  # the best guess: made from today's inputs and settings (current)
         outputs = [str(p.relative_to(paths.root)) for p in stage.expected(exp, unit)]
         journal.record(unit, "done", outputs=outputs, recovered=True, made_from=current(unit))
     log.info("%s: %d unit(s) found complete on disk, recorded as done", stage.name, len(missing))
 
 
-def _log_stale(stage: Stage, exp: Experiment, units: Sequence[str]) -> None:
+def _log_stale(
+    stage: Stage, exp: Experiment, units: Sequence[str], current: Callable[[str], str | None]
+) -> None:
     """Say which done units will be redone because their inputs or settings changed."""
-    states, current = fold(RunPaths.of(exp), stage.name), made_from(stage, exp)
+    states = fold(RunPaths.of(exp), stage.name)
     stale = [u for u in units if is_stale(states.get(u), current(u))]
     if stale:
         log.warning(
@@ -313,13 +329,15 @@ def _log_stale(stage: Stage, exp: Experiment, units: Sequence[str]) -> None:
             "(%s); redoing them",
             stage.name,
             len(stale),
-            _names(stale),
+            unit_names(stale),
         )
 
 
-def _unfinished(stage: Stage, exp: Experiment, run_id: str) -> bool:
+def _unfinished(
+    stage: Stage, exp: Experiment, run_id: str, current: Callable[[str], str | None]
+) -> bool:
     """Whether any unit of the whole stage (every shard) is still to do."""
-    return bool(pending_units(stage, exp, stage.units(exp), run_id, force=False))
+    return bool(pending_units(stage, exp, stage.units(exp), run_id, False, current))
 
 
 def _report(stage: Stage, summary: dict[str, Any]) -> None:
@@ -335,14 +353,10 @@ def _report(stage: Stage, summary: dict[str, Any]) -> None:
     if summary["failed"] or summary["pending"]:
         for unit, error in list(summary["errors"].items())[:20]:
             log.error("%s: failed unit %s: %s", stage.name, unit, error)
+        failed, unfinished = summary["failed"], summary["unfinished"]
         raise DeepSegError(
-            f"{stage.name}: {len(summary['failed'])} unit(s) failed ({_names(summary['failed'])})"
-            f" and {summary['pending']} did not finish ({_names(summary['unfinished'])}); "
+            f"{stage.name}: {len(failed)} unit(s) failed ({unit_names(failed)}) and "
+            f"{summary['pending']} did not finish ({unit_names(unfinished)}); "
             f"details in {summary['manifest']}; rerun the stage to retry them (finished units "
             "are kept)"
         )
-
-
-def _names(units: Sequence[str], most: int = 5) -> str:
-    """The first few unit ids, for a one-line message."""
-    return ", ".join(units[:most]) + (" ..." if len(units) > most else "") or "none"
