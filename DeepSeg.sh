@@ -9,7 +9,7 @@
 # NAME is an experiment in experiments/ (experiments/NAME.yaml) or a path to a YAML file.
 # STAGE is any of: tiles predict merge vectorize (default: all four, in that order) and
 # evaluate (run only when named: scores the run against the experiment's evaluate.reference).
-# The demo's default also evaluates and then prints a report (python -m deepseg.summary).
+# The demo's default also evaluates and then prints a report (python -m deepseg.cli summary).
 # Outputs go to the experiment's output.path (default runs/NAME under the current folder).
 # With no Python environment active, the first run creates .venv beside this script and
 # installs DeepSeg into it (DEEPSEG_TORCH picks the torch requirement, default torch==2.13.0).
@@ -63,18 +63,18 @@ main() {
         fi
     fi
     if [[ "${stages[0]}" == "sync" ]]; then
-        python -m deepseg.storage sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
+        python -m deepseg.cli sync -e "$name" "${stages[@]:1}" || die "sync failed (exit $?)"
         return 0
     fi
     if [[ "${stages[0]}" == "check" ]]; then  # exit 1: tiles, chunks or polygons are missing
-        exec python -m deepseg.check -e "$name"
+        exec python -m deepseg.cli check -e "$name"
     fi
     local stage script start
     for stage in "${stages[@]}"; do  # every name checked before any stage runs
         script_of "$stage" >/dev/null || die "unknown stage '$stage' (expected: tiles predict merge vectorize evaluate, check or sync)"
     done
     if [[ "$name" == "demo" ]]; then
-        python -m deepseg.demo --root "$ROOT"
+        python -m deepseg.cli demo-data --root "$ROOT"
     fi
     for stage in "${stages[@]}"; do
         script=$(script_of "$stage")
@@ -84,7 +84,7 @@ main() {
         echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
     done
     if [[ $report -eq 1 ]]; then
-        python -m deepseg.summary -e "$name" || die "the report failed (exit $?)"
+        python -m deepseg.cli summary -e "$name" || die "the report failed (exit $?)"
     fi
 }
 

@@ -4,8 +4,7 @@
 Writes OUTPUT/tiles/{chunk}.kea. Example: python create_tiles.py -e demo
 """
 
-from deepseg.cli import run_stage
-from deepseg.tiling import create_tiles
+from deepseg.cli.commands import run_command
 
 if __name__ == "__main__":
-    run_stage(create_tiles, __doc__)
+    run_command("tiles", prog="create_tiles.py", description=__doc__)

@@ -4,8 +4,7 @@
 Writes OUTPUT/merged/{region}_prob.tif and {region}_binary.tif. Example: python merge.py -e demo
 """
 
-from deepseg.cli import run_stage
-from deepseg.mosaic import merge
+from deepseg.cli.commands import run_command
 
 if __name__ == "__main__":
-    run_stage(merge, __doc__)
+    run_command("merge", prog="merge.py", description=__doc__)

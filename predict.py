@@ -4,8 +4,7 @@
 Reads OUTPUT/tiles/, writes OUTPUT/predictions/{chunk}.kea. Example: python predict.py -e demo
 """
 
-from deepseg.cli import run_stage
-from deepseg.predicting import predict
+from deepseg.cli.commands import run_command
 
 if __name__ == "__main__":
-    run_stage(predict, __doc__)
+    run_command("predict", prog="predict.py", description=__doc__)

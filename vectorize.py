@@ -4,8 +4,7 @@
 Writes OUTPUT/vectors/rts_predictions.gpkg. Example: python vectorize.py -e demo
 """
 
-from deepseg.cli import run_stage
-from deepseg.polygons import vectorize
+from deepseg.cli.commands import run_command
 
 if __name__ == "__main__":
-    run_stage(vectorize, __doc__)
+    run_command("vectorize", prog="vectorize.py", description=__doc__)

@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
 from deepseg.config import load_experiment  # noqa: E402
-from deepseg.grid import TileGrid  # noqa: E402
-from deepseg.outputs import RunPaths  # noqa: E402
-from deepseg.stores import write_prob_store  # noqa: E402
+from deepseg.geo.grid import TileGrid  # noqa: E402
+from deepseg.storage.paths import RunPaths  # noqa: E402
+from deepseg.stores.layout import StorePlace  # noqa: E402
+from deepseg.stores.prob_store import ProbStore, write_prob_store  # noqa: E402
 
 ORIGIN_COL, ORIGIN_ROW = 4096 * 150, 4096 * 300  # region's top-left, global grid px
 
@@ -111,7 +112,8 @@ def write_run(work: Path, size: int) -> Path:
             inside[part.slices_in(box)] = True
         prob[~inside] = -1.0
         hits = (prob >= 0.5).astype(np.uint8)
-        write_prob_store(target, grid, exp.crs, chunk, box, prob, hits, 0.5, (1.0,))
+        place = StorePlace.on_grid(grid, exp.crs, chunk, box)
+        write_prob_store(target, ProbStore(place, prob, hits, None, 0.5, (1.0,)))
         print(f"store {i + 1}/{len(chunks)} ({time.perf_counter() - start:.0f} s)", end="\r")
     print()
     return exp_path
@@ -145,14 +147,15 @@ def main() -> None:
     exp_path = write_run(work, args.size)
     prelude = (
         f"import sys; sys.path.insert(0, {str(REPO / 'lib')!r}); "
-        "from deepseg.config import load_experiment; from deepseg.progress import setup_logging; "
+        "from deepseg.config import load_experiment; "
+        "from deepseg.core.progress import setup_logging; "
         f"setup_logging(); exp = load_experiment({str(exp_path)!r}); "
     )
     merge_gib, merge_s = peak_rss(
-        prelude + "from deepseg.mosaic import merge; merge(exp, force=True)"
+        prelude + "from deepseg.stages.merge import merge; merge(exp, force=True)"
     )
     vect_gib, vect_s = peak_rss(
-        prelude + "from deepseg.polygons import vectorize; vectorize(exp, force=True)"
+        prelude + "from deepseg.stages.vectorize import vectorize; vectorize(exp, force=True)"
     )
     stages = json.loads((work / "out" / "logs" / "inference_log.json").read_text())["stages"]
     polygons = stages["vectorize"].get("polygons", "?")

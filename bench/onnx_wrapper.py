@@ -20,7 +20,7 @@ import onnxruntime
 import torch
 import yaml
 
-from deepseg.model import load_model
+from deepseg.model.loading import load_model
 
 
 def ukis_folder(folder: Path) -> Path:

@@ -40,20 +40,20 @@ from rasterio import features
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from deepseg import kea  # noqa: E402
-from deepseg.config import load_experiment  # noqa: E402
-from deepseg.demo import ensure_demo  # noqa: E402
-from deepseg.grid import TileGrid  # noqa: E402
-from deepseg.outputs import finished_files  # noqa: E402
-from deepseg.predicting import predict  # noqa: E402
-from deepseg.schema import (  # noqa: E402
+from deepseg.config import (  # noqa: E402
     Experiment,
     GridConfig,
     InferenceConfig,
     InputConfig,
     ModelConfig,
+    load_experiment,  # noqa: E402
 )
-from deepseg.tiling import create_tiles  # noqa: E402
+from deepseg.formats import kea  # noqa: E402
+from deepseg.geo.grid import TileGrid  # noqa: E402
+from deepseg.stages.predict import predict  # noqa: E402
+from deepseg.stages.tiles import create_tiles  # noqa: E402
+from deepseg.storage.paths import finished_files  # noqa: E402
+from deepseg.synthetic.demo import ensure_demo  # noqa: E402
 
 DOMAIN = REPO.parent / "shared" / "data" / "domain" / "circumpolar_north_domain.geojson"
 RESULTS = REPO / "bench" / "RESULTS.md"

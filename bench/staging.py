@@ -24,11 +24,11 @@ from rasterio.profiles import DefaultGTiffProfile
 from rasterio.windows import Window
 
 from deepseg.config import Experiment, load_experiment
-from deepseg.demo import NODATA_COLS, ensure_demo
-from deepseg.grid import PixelBox, TileGrid
-from deepseg.outputs import atomic_path
-from deepseg.scenes import render_scene
-from deepseg.tiling import create_tiles
+from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.stages.tiles import create_tiles
+from deepseg.storage.paths import atomic_path
+from deepseg.synthetic.demo import NODATA_COLS, ensure_demo
+from deepseg.synthetic.scenes import render_scene
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "data" / "demo" / "model"
@@ -51,7 +51,7 @@ def write_model_folder(arch: str, folder: Path, bands: int = 3) -> Path:
         weights = {"config": {"model_framework": "smp", "model": kwargs}, "statedict": state}
         config["framework"] = "smp"
     elif arch == "deepseg-unet":
-        from deepseg.unet import DeepSegUNet
+        from deepseg.model.unet import DeepSegUNet
 
         weights = DeepSegUNet(in_channels=bands).state_dict()
         config.update(framework="deepseg-unet", in_channels=bands, base_channels=16, depth=4)

@@ -54,13 +54,13 @@ from staging import (  # noqa: E402
 )
 
 from deepseg.config import Experiment  # noqa: E402
-from deepseg.inference import AUTOCAST, TTA  # noqa: E402
-from deepseg.manifest import fold  # noqa: E402
-from deepseg.model import LoadedModel  # noqa: E402
-from deepseg.outputs import RunPaths  # noqa: E402
-from deepseg.predicting import STAGE, PredictWorker  # noqa: E402
-from deepseg.progress import setup_logging  # noqa: E402
-from deepseg.runner import run  # noqa: E402
+from deepseg.core.progress import setup_logging  # noqa: E402
+from deepseg.model.inference import AUTOCAST, TTA  # noqa: E402
+from deepseg.model.loading import LoadedModel  # noqa: E402
+from deepseg.run.driver import run  # noqa: E402
+from deepseg.run.manifest import fold  # noqa: E402
+from deepseg.stages.predict import STAGE, PredictWorker  # noqa: E402
+from deepseg.storage.paths import RunPaths  # noqa: E402
 
 CONFIGS = {  # the RTS spec's configurations: (inference.scales, inference.tta)
     "s1-none": ((1.0,), "none"),

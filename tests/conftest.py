@@ -136,8 +136,8 @@ def write_experiment(folder: Path, rasters: list[Path], model_dir: Path, **secti
 
 @pytest.fixture(autouse=True)
 def stage_logging_ends_with_the_test() -> Iterator[None]:
-    """A stage run in-process (``cli.run_stage``) points the root logger at the stderr that
-    pytest captured for that test; drop it, so later tests do not log to a closed stream."""
+    """A stage run in-process (``cli.commands.run_command``) points the root logger at the
+    stderr pytest captured for that test; drop it, so later tests do not log to a closed stream."""
     yield
     for handler in logging.root.handlers[:]:
         if type(handler) is logging.StreamHandler:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deepseg import gcs
+from deepseg.storage import gcs
 
 
 def free_port() -> int:

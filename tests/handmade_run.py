@@ -14,7 +14,7 @@ import shapely
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.outputs import RunPaths
+from deepseg.storage.paths import RunPaths
 
 COL0, ROW0 = 600_000, 1_333_000  # grid pixel of the hand-made rasters' top-left corner
 TRANSFORM = lattice_transform(COL0, ROW0)

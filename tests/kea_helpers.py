@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 from affine import Affine
 
-from deepseg import kea
+from deepseg.formats import kea
 
 WKT_3413 = (
     'PROJCS["WGS 84 / NSIDC Sea Ice Polar Stereographic North",GEOGCS["WGS 84",'

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import MEAN, STD
-from deepseg.errors import DeepSegError
+from deepseg.core.errors import DeepSegError
 
 # Weights and inputs are small multiples of 1/4, so every product and sum of a 1x1
 # convolution is exact in float32, whatever the summation order of the runtime.

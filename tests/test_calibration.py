@@ -13,15 +13,15 @@ import yaml
 from rasterio.features import shapes
 
 from conftest import lattice_transform, shared_file, write_experiment, write_raster
-from deepseg.calibration import merge_threshold
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.evaluation import evaluate
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.polygons import vectorize
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.model.threshold import merge_threshold
+from deepseg.qa.evaluate import evaluate
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import vectorize
+from deepseg.storage.paths import RunPaths
 from handmade_run import COL0, HEIGHT, REFERENCE, ROW0, WIDTH, counts, hand_run, write_polygons
 
 

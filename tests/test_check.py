@@ -19,16 +19,16 @@ import shapely
 from test_runner import Poisoned
 
 from conftest import REPO, lattice_transform, write_experiment, write_model, write_raster
-from deepseg.check import check_run
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.grid import PixelBox, TileGrid
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.polygons import LAYER, vectorize
-from deepseg.predicting import predict
-from deepseg.runner import select_shard
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.qa.check import check_run
+from deepseg.run.stage import select_shard
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import LAYER, vectorize
+from deepseg.storage.paths import RunPaths
 
 AT = (3 * 64 + 10, 5 * 64 + 20)  # grid (col, row) of the raster's pixel (0, 0)
 SHAPE = (200, 260)  # rows, cols

@@ -10,11 +10,7 @@ import pytest
 import yaml
 from config_helpers import child, error, make_base, write_yaml
 
-from deepseg.config import (
-    REPO_ROOT,
-    Experiment,
-    load_experiment,
-)
+from deepseg.config import REPO_ROOT, Experiment, load_experiment
 
 
 @pytest.fixture(autouse=True)

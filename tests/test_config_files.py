@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from config_helpers import child, error, make_base, write_tif, write_yaml
 
-from deepseg.config import REPO_ROOT, ConfigError, load_experiment, resolve_experiment_path
+from deepseg.config import REPO_ROOT, ConfigError, load_experiment
+from deepseg.config.files import resolve_experiment_path
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,10 @@ import yaml
 from rasterio.features import rasterize
 from shapely.geometry import box
 
-from deepseg.config import GridConfig
-from deepseg.demo import (
+from deepseg.config import load_experiment
+from deepseg.model.loading import load_model
+from deepseg.model.unet import DeepSegUNet, build_unet
+from deepseg.synthetic.demo import (
     CHUNK_PX,
     DEMO_SEED,
     GENERATOR_VERSION,
@@ -26,10 +28,8 @@ from deepseg.demo import (
     ensure_demo,
     make_scene,
 )
-from deepseg.model import load_model
-from deepseg.scenes import render_scene
-from deepseg.training import predict_scene
-from deepseg.unet import DeepSegUNet, build_unet
+from deepseg.synthetic.scenes import render_scene
+from deepseg.synthetic.training import predict_scene
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "data" / "demo" / "model"
@@ -172,7 +172,7 @@ def test_demo_model_finds_scars_and_ignores_lookalikes() -> None:
     model flags most slump pixels, few others, and almost no look-alike pixels."""
     scene = render_scene(1024, 1024, 21, giants=1, roads=2)
     model = load_model(DEMO_MODEL, bands=3, device="cpu")
-    prob = predict_scene(model, scene.pixels, GridConfig(), batch_size=4)
+    prob = predict_scene(model, scene.pixels, load_experiment("demo", check_inputs=False), 4)
     flagged = (prob >= model.threshold) & scene.pixels.any(axis=0)
     slump = rasterize(scene.slumps, out_shape=prob.shape) > 0
     alike = rasterize([p for _, p in scene.lookalikes], out_shape=prob.shape) > 0

@@ -14,7 +14,7 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from conftest import REPO
-from deepseg.polygons import COLUMNS
+from deepseg.stages.vectorize import COLUMNS
 
 
 def test_demo_command_produces_every_output(tmp_path: Path) -> None:

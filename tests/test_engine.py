@@ -22,13 +22,13 @@ from conftest import (
     write_model,
     write_raster,
 )
-from deepseg import model as model_module
 from deepseg.config import load_experiment
-from deepseg.inference import sin2_window
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
+from deepseg.model import card as model_module
+from deepseg.model.inference import sin2_window
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.storage.paths import RunPaths
 
 AT = (64 * 30 + 16, 64 * 40 + 32)  # grid (col, row) of the rasters' pixel (0, 0)
 
@@ -126,10 +126,12 @@ def test_scales_fuse_by_maximum_and_record_their_bits(tmp_path):
         tmp_path, data, model, grid=grid, inference=inference, merge={"products": ["scales"]}
     )
     single = run(tmp_path / "one", data, model, grid=grid)
-    assert (prob >= single - 1e-6).all()  # the fused map is at least the 1.0 scale's
+    half = run(tmp_path / "half", data, model, grid=grid, inference={"scales": [0.5]})
+    assert np.array_equal(prob, np.maximum(single, half))  # fused = max of per-scale runs
     with rasterio.open(tmp_path / "out" / "merged" / "all_scales.tif") as src:
         bits = src.read(1)
     assert ((bits & 1) == (single >= 0.5)).all()  # bit 0: scale 1.0 reached the threshold
+    assert (((bits >> 1) & 1) == (half >= 0.5)).all()  # bit 1: scale 0.5 did
     assert ((bits > 0) == (prob >= 0.5)).all()  # some scale reached it = the fused map did
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import REPO, lattice_transform, write_experiment, write_raster
-from deepseg.stores import read_prob_attrs, read_prob_window
+from deepseg.stores.prob_store import read_prob_attrs, read_prob_window
 
 
 def run_script(script: str, experiment: Path) -> subprocess.CompletedProcess:

@@ -18,10 +18,10 @@ from rasterio.features import rasterize
 
 from conftest import REPO, lattice_transform, write_raster
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.evaluation import evaluate
-from deepseg.outputs import RunPaths
-from deepseg.pixel_scan import scan_region
+from deepseg.core.errors import DeepSegError
+from deepseg.qa.evaluate import evaluate
+from deepseg.qa.pixel_scan import scan_region
+from deepseg.storage.paths import RunPaths
 from handmade_run import (
     COL0,
     FN_PX,

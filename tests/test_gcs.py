@@ -12,14 +12,15 @@ import threading
 import pytest
 
 from conftest import write_experiment
-from deepseg import gcs
 from deepseg.config import ConfigError, load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.gcs import Conflict, GsUri
-from deepseg.mirror import Mirror
-from deepseg.outputs import RunPaths
-from deepseg.runlog import read_run_log, update_run_log
-from deepseg.storage import cached_copy
+from deepseg.core.errors import DeepSegError
+from deepseg.run.runlog import read_run_log, update_run_log
+from deepseg.storage import gcs
+from deepseg.storage.cache import cached_copy
+from deepseg.storage.checksums import file_checksums
+from deepseg.storage.mirror import Mirror
+from deepseg.storage.paths import RunPaths
+from deepseg.storage.remote import Conflict, GsUri
 
 pytest_plugins = ["gcs_emulator"]  # the emulator_url and bucket fixtures
 
@@ -112,7 +113,7 @@ def test_upload_corrupted_in_flight_is_detected_and_redone(tmp_path, bucket, mon
     assert proxy.corrupted == 1
     assert "upload corrupted" in caplog.text
     assert bucket.objects("run/tiles/") == {"unit.kea": payload}
-    assert stored.intact and stored.crc32c == gcs.file_checksums(source).crc32c
+    assert stored.intact and stored.crc32c == file_checksums(source).crc32c
 
 
 def test_download_corrupted_in_flight_is_detected_and_redone(tmp_path, bucket, monkeypatch, caplog):
@@ -140,7 +141,7 @@ def test_two_workers_never_overwrite_each_other(tmp_path, bucket, caplog):
     gcs.upload(first, uri, 0)  # ... then worker one finishes it
     with pytest.raises(Conflict) as info:
         gcs.upload(second, uri, 0)
-    assert info.value.current.crc32c == gcs.file_checksums(first).crc32c
+    assert info.value.current.crc32c == file_checksums(first).crc32c
 
     late = tmp_path / "w2" / "predictions" / "c1_r1.kea"
     late.parent.mkdir(parents=True)

@@ -18,12 +18,12 @@ from conftest import (
     write_raster,
 )
 from deepseg.config import load_experiment
-from deepseg.grid import TileGrid
-from deepseg.mosaic import merge
-from deepseg.predicting import predict
-from deepseg.sources import open_inputs, read_box
-from deepseg.stores import read_tile_store
-from deepseg.tiling import create_tiles
+from deepseg.geo.grid import TileGrid
+from deepseg.geo.sources import open_inputs, read_box
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stores.tile_store import read_tile_store
 
 RASTER_AT = (1287, 1613)  # grid (col, row) of the test raster's pixel (0, 0): not chunk-aligned
 

@@ -13,14 +13,14 @@ from test_check import scene
 
 from conftest import ORIGIN, lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.grid import PixelBox, TileGrid
-from deepseg.manifest import fold
-from deepseg.outputs import RunPaths
-from deepseg.predicting import predict
-from deepseg.runner import select_shard
-from deepseg.sources import open_inputs
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.geo.sources import open_inputs
+from deepseg.run.manifest import fold
+from deepseg.run.stage import select_shard
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.storage.paths import RunPaths
 
 AT = (640, 640)  # grid (col, row) of the rasters' top-left corner
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from deepseg.grid import PixelBox, TileGrid, scale_context_px
+from deepseg.geo.grid import PixelBox, TileGrid, scale_context_px
 
 
 def grid(tile=512, stride=256, chunk_tiles=16, halo=0) -> TileGrid:

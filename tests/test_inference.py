@@ -13,12 +13,12 @@ import yaml
 
 from conftest import MEAN, STD, lattice_transform, write_experiment, write_model, write_raster
 from deepseg.config import load_experiment
-from deepseg.inference import predict_with_tta
-from deepseg.model import load_model
-from deepseg.mosaic import merge
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
-from deepseg.unet import DeepSegUNet
+from deepseg.model.inference import predict_with_tta
+from deepseg.model.loading import load_model
+from deepseg.model.unet import DeepSegUNet
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
 
 
 class Ramp(torch.nn.Module):

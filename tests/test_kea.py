@@ -14,7 +14,7 @@ import pytest
 from affine import Affine
 from kea_helpers import WKT_3413, hdf5_type, small_info
 
-from deepseg import kea
+from deepseg.formats import kea
 
 KEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kea"
 RGB_SHA256 = (

@@ -11,7 +11,7 @@ import pytest
 from affine import Affine
 from kea_helpers import WKT_3413, hdf5_type, small_info
 
-from deepseg import kea, kea_pyramid
+from deepseg.formats import kea, kea_pyramid
 
 
 def test_write_overview(tmp_path):

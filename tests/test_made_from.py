@@ -11,14 +11,14 @@ import rasterio
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.grid import TileGrid
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.polygons import vectorize
-from deepseg.predicting import predict
-from deepseg.stores import read_tile_ids
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.geo.grid import TileGrid
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import vectorize
+from deepseg.storage.paths import RunPaths
+from deepseg.stores.tile_store import read_tile_ids
 
 STAGES = (create_tiles, predict, merge, vectorize)
 

@@ -11,11 +11,11 @@ from pyproj import CRS
 from test_geometry import make_scene
 
 from conftest import write_experiment
-from deepseg import kea, kea_pyramid
 from deepseg.config import ConfigError, load_experiment
-from deepseg.mosaic import merge
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
+from deepseg.formats import kea, kea_pyramid
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
 
 VLEN = h5py.string_dtype("ascii")
 # KEA_LAYOUT.md's required objects: path -> (numpy dtype or "group", shape); {dtype} = band's

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from shapely import box
 
-from deepseg.metrics import (
+from deepseg.qa.metrics import (
     N_STEPS,
     THRESHOLDS,
     PixelTally,

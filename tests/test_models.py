@@ -22,9 +22,10 @@ from model_folders import (
 
 from conftest import MEAN, STD, lattice_transform, write_experiment, write_raster
 from deepseg.config import ConfigError, load_experiment
-from deepseg.inference import normalize, probabilities
-from deepseg.model import load_model, read_model_card
-from deepseg.unet import DeepSegUNet
+from deepseg.model.card import read_model_card
+from deepseg.model.inference import normalize, probabilities
+from deepseg.model.loading import load_model
+from deepseg.model.unet import DeepSegUNet
 
 
 # ---- one format at a time: the logits of a known input --------------------------------------
@@ -113,7 +114,7 @@ def test_positive_class_is_ignored_for_a_binary_model(tmp_path):
 def test_normalization_uses_the_folders_statistics(tmp_path, caplog):
     stats = {"mean": [10.0, 20.0, 30.0], "std": [2.0, 4.0, 8.0], "data_version": "v7"}
     folder = model_folder(tmp_path / "m", "torchscript", torchscript_bytes(known_conv(1)), stats)
-    with caplog.at_level(logging.INFO, logger="deepseg.model"):
+    with caplog.at_level(logging.INFO, logger="deepseg.model.loading"):
         model = load_model(folder, 3, "cpu")
     md5 = hashlib.md5((folder / "normalization_stats.json").read_bytes()).hexdigest()
     assert f"stats MD5 {md5}" in caplog.text and model.stats_md5 == md5

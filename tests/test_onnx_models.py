@@ -26,12 +26,12 @@ from model_folders import (
 
 from conftest import MEAN, STD, lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.inference import normalize, probabilities
-from deepseg.model import load_model
-from deepseg.mosaic import merge
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
-from deepseg.unet import DeepSegUNet
+from deepseg.model.inference import normalize, probabilities
+from deepseg.model.loading import load_model
+from deepseg.model.unet import DeepSegUNet
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
 
 
 def test_onnx_gives_the_exact_logits_of_the_exported_network(tmp_path):

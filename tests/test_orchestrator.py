@@ -12,10 +12,10 @@ import numpy as np
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.grid import TileGrid
-from deepseg.manifest import fold
-from deepseg.outputs import RunPaths
-from deepseg.stores import read_tile_store
+from deepseg.geo.grid import TileGrid
+from deepseg.run.manifest import fold
+from deepseg.storage.paths import RunPaths
+from deepseg.stores.tile_store import read_tile_store
 
 REPO = Path(__file__).resolve().parents[1]
 AT = (4096 + 17, 8192 + 9)  # grid (col, row) of the raster's pixel (0, 0)

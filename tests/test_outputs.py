@@ -14,11 +14,11 @@ from rio_cogeo.cogeo import cog_validate
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.mosaic import merge
-from deepseg.outputs import atomic_folder
-from deepseg.polygons import COLUMNS, vectorize
-from deepseg.predicting import predict
-from deepseg.tiling import create_tiles
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import COLUMNS, vectorize
+from deepseg.storage.paths import atomic_folder
 
 AT = (2048 + 5, 4096 + 9)  # grid (col, row) of the raster's pixel (0, 0)
 

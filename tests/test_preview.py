@@ -9,11 +9,11 @@ from PIL import Image
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.grid import PixelBox, TileGrid
-from deepseg.mosaic import merge, windows
-from deepseg.predicting import predict
-from deepseg.preview import PeakProbability, PreviewGrid, render, warped_imagery
-from deepseg.tiling import create_tiles
+from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.stages.merge import merge, windows
+from deepseg.stages.predict import predict
+from deepseg.stages.preview import PeakProbability, PreviewGrid, render, warped_imagery
+from deepseg.stages.tiles import create_tiles
 
 AT = (2048 + 3, 4096 + 5)  # grid (col, row) of the test raster's pixel (0, 0)
 

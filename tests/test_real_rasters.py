@@ -19,13 +19,13 @@ from rio_cogeo.cogeo import cog_validate
 
 from conftest import shared_file, write_experiment, write_model
 from deepseg.config import load_experiment
-from deepseg.grid import TileGrid
-from deepseg.mosaic import merge
-from deepseg.polygons import vectorize
-from deepseg.predicting import predict
-from deepseg.sources import open_inputs, read_box
-from deepseg.stores import read_tile_store
-from deepseg.tiling import create_tiles
+from deepseg.geo.grid import TileGrid
+from deepseg.geo.sources import open_inputs, read_box
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import vectorize
+from deepseg.stores.tile_store import read_tile_store
 
 WEST = [-6000000.0, 4100100.0]  # a grid origin west of the Landsat-7 and Landsat-5 scenes
 TILES = {"tile_size": 128, "stride": 128, "chunk_tiles": 4}
@@ -122,7 +122,7 @@ def test_real_raster_through_the_pipeline(tmp_path, case):
     nodata = raster.nodata if raster.nodata is not None else 0
     for store_path in sorted((out / "tiles").glob("*.kea")):
         store = read_tile_store(store_path)
-        assert store.pixels.dtype == raster.dtype and store.info.nodata[0] == raster.nodata
+        assert store.pixels.dtype == raster.dtype and store.nodata == raster.nodata
         assert (store.pixels[:, ~store.valid] == nodata).all()
 
     for product in ("all_prob.tif", "all_binary.tif"):

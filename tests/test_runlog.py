@@ -14,14 +14,14 @@ from test_check import scene, valid_mask
 
 from conftest import reference_probability, write_experiment
 from deepseg.config import load_experiment
-from deepseg.grid import TileGrid
-from deepseg.manifest import fold
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.polygons import vectorize
-from deepseg.predicting import predict
-from deepseg.runlog import SPEC_FIELDS
-from deepseg.tiling import create_tiles
+from deepseg.geo.grid import TileGrid
+from deepseg.run.manifest import fold
+from deepseg.run.runlog import SPEC_FIELDS
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import vectorize
+from deepseg.storage.paths import RunPaths
 
 
 def tile_facts(grid: TileGrid, prob: np.ndarray) -> tuple[int, int, int]:

@@ -11,8 +11,13 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
-from deepseg.scenes import render_scene
-from deepseg.shapes import SLUMP_AREA_RANGE_PX, SLUMP_LOG_SIGMA, SLUMP_MEDIAN_PX, sample_slump_areas
+from deepseg.synthetic.scenes import render_scene
+from deepseg.synthetic.shapes import (
+    SLUMP_AREA_RANGE_PX,
+    SLUMP_LOG_SIGMA,
+    SLUMP_MEDIAN_PX,
+    sample_slump_areas,
+)
 
 
 def digest(scene) -> tuple[str, list[bytes], list[bytes]]:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,15 +17,15 @@ import torch
 
 from conftest import REPO, lattice_transform, write_experiment, write_model, write_raster
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.manifest import fold
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.predicting import STAGE as PREDICT
-from deepseg.predicting import predict
-from deepseg.slurm import render_job_script
-from deepseg.tiling import STAGE as TILING
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.run.executors.slurm import slurm_parameters
+from deepseg.run.manifest import fold
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import STAGE as PREDICT
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import STAGE as TILING
+from deepseg.stages.tiles import create_tiles
+from deepseg.storage.paths import RunPaths
 from slurm_cluster import cancel_all_jobs
 
 pytestmark = pytest.mark.slurm
@@ -82,11 +81,13 @@ def test_sbatch_driver_runs_every_stage_as_arrays_like_a_local_run(
     slurm_cluster, tmp_path, model_dir
 ):
     """sbatch --wait DeepSeg.sh EXPERIMENT: arrays split at max_array_size, every unit once,
-    a GPU asked for by predict only, merged rasters byte-identical to the local executor."""
+    a GPU asked for by predict only, merged rasters byte-identical to the local executor, and
+    the job script submitit wrote for a predict array equal to the golden file."""
     expected = merged_bytes(local_run(tmp_path / "local", model_dir))
     exp_path = experiment(
-        tmp_path / "slurm", model_dir, units_per_task=3, max_array_size=4, gpus_per_node=1
-    )
+        tmp_path / "slurm", model_dir, units_per_task=3, max_array_size=4, gpus_per_node=1,
+        extra_sbatch=["--comment=deepseg-golden"], setup=["export DEEPSEG_GOLDEN=1"],
+    )  # fmt: skip
     log = tmp_path / "driver.log"
     result = subprocess.run(
         ["sbatch", "--wait", "--cpus-per-task=1", "--mem=1G", f"--output={log}",
@@ -109,6 +110,21 @@ def test_sbatch_driver_runs_every_stage_as_arrays_like_a_local_run(
             asked = {a: any("gres/gpu=1" in t for t in trs) for a, trs in gpus.items()}
             assert set(asked.values()) == {stage == "predict"}, (stage, gpus)
     assert "=== DeepSeg: vectorize done" in log.read_text()
+    check_golden_job_script(tmp_path, tmp_path / "slurm" / "out" / "logs" / "slurm" / "predict")
+
+
+def check_golden_job_script(run: Path, folder: Path) -> None:
+    """The sbatch script submitit wrote for the first 4-task predict array, with the run's
+    folder and the driver's Python made neutral, equals the golden file (a change to what is
+    submitted shows in review). DEEPSEG_UPDATE_GOLDEN=1 rewrites it after an intended change."""
+    scripts = [p.read_text() for p in sorted(folder.rglob("*_submission.sh"))]
+    script = next(s for s in scripts if "#SBATCH --array=0-3%4" in s)
+    script = script.replace(str(run), "<RUN>")
+    script = re.sub(r"\S*python[\d.]*(?= -u -m submitit)", "<PYTHON>", script)
+    if os.environ.get("DEEPSEG_UPDATE_GOLDEN"):
+        GOLDEN.write_text(script)
+    assert script == GOLDEN.read_text()
+    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --comment=deepseg-golden" in script
 
 
 class Slow(torch.nn.Module):
@@ -236,28 +252,28 @@ def test_forced_requeue_resumes_at_the_first_unfinished_chunk(slurm_cluster, tmp
     assert '"slurm_job"' in resumed  # one task: submitit submits a plain job, no array
 
 
-def test_job_script_matches_the_golden_file(tmp_path, model_dir):
-    """The rendered sbatch script of a predict array; a change to it shows in review. Set
-    DEEPSEG_UPDATE_GOLDEN=1 to rewrite the golden file after an intended change."""
+def test_parameters_ask_a_gpu_for_predict_only_and_need_no_slurm(tmp_path, model_dir, monkeypatch):
+    """What an array asks Slurm for is worked out without any Slurm tool installed."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    assert shutil.which("sbatch") is None
     exp = load_experiment(
         experiment(
             tmp_path, model_dir, gpus_per_node=1, array_parallelism=8, mem_gb=16,
-            extra_sbatch=["--qos=normal", "--exclusive"], setup=["module load cuda/12.4"],
+            extra_sbatch=["--qos=normal", "--exclusive", "#SBATCH --comment x"],
         )
     )  # fmt: skip
-    script = render_job_script(PREDICT, exp, n_tasks=40)
-    script = script.replace(str(tmp_path), "<RUN>").replace(sys.executable, "<PYTHON>")
-    if os.environ.get("DEEPSEG_UPDATE_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(script)
-    assert script == GOLDEN.read_text()
-    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --array=0-39%8" in script
-    tiles = render_job_script(TILING, exp, n_tasks=3)
-    assert "gpus" not in tiles  # the stages that use no GPU ask for none
-
-
-def test_slurm_tools_are_not_needed_to_render(tmp_path, model_dir, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
-    assert shutil.which("sbatch") is None
-    exp = load_experiment(experiment(tmp_path, model_dir))
-    assert "#SBATCH --partition=debug" in render_job_script(PREDICT, exp, n_tasks=2)
+    predict_params = slurm_parameters(PREDICT, exp, 40, dependency="afterany:12")
+    assert predict_params == {
+        "job_name": "deepseg-test-predict",
+        "time": 15,
+        "cpus_per_task": 1,
+        "array_parallelism": 8,
+        "setup": [],
+        "additional_parameters": {"qos": "normal", "exclusive": True, "comment": "x"},
+        "partition": "debug",
+        "mem": "16GB",
+        "gpus_per_node": 1,
+        "dependency": "afterany:12",
+    }
+    tiles_params = slurm_parameters(TILING, exp, 3)
+    assert "gpus_per_node" not in tiles_params and "dependency" not in tiles_params

@@ -13,8 +13,8 @@ from model_folders import (
     refused,
 )
 
-from deepseg.frameworks import read_darts_checkpoint
-from deepseg.model import load_model
+from deepseg.model.frameworks import read_darts_checkpoint
+from deepseg.model.loading import load_model
 
 # ---- DARTS-layout checkpoints (framework smp) ------------------------------------------------
 # Key names and shapes as segmentation-models-pytorch 0.6 names them for a Unet whose encoder

@@ -15,14 +15,14 @@ from test_errors import assert_one_line_error, run_script
 from test_kea import fixture_path, prob_expected, rgb_expected
 
 from conftest import shared_file, write_experiment, write_raster
-from deepseg import kea, kea_pyramid
 from deepseg.config import load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.grid import PixelBox, TileGrid
-from deepseg.mosaic import merge
-from deepseg.predicting import predict
-from deepseg.sources import open_inputs, read_box
-from deepseg.tiling import create_tiles
+from deepseg.core.errors import DeepSegError
+from deepseg.formats import kea, kea_pyramid
+from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.geo.sources import open_inputs, read_box
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
 
 WEST = [-6000000.0, 4100100.0]  # a grid origin west of the Landsat-7 and Landsat-5 scenes
 # name: (file, grid keys, input keys); every one is warped onto the grid

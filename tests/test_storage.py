@@ -14,16 +14,17 @@ import rasterio
 import yaml
 
 from conftest import REPO, lattice_transform, write_experiment, write_raster
-from deepseg import gcs
-from deepseg.check import check_run, write_report
 from deepseg.config import load_experiment
-from deepseg.gcs import GsUri
-from deepseg.mosaic import merge
-from deepseg.outputs import RunPaths
-from deepseg.polygons import vectorize
-from deepseg.predicting import predict
-from deepseg.storage import sync, sync_plan
-from deepseg.tiling import create_tiles
+from deepseg.qa.check import check_run, write_report
+from deepseg.stages.merge import merge
+from deepseg.stages.predict import predict
+from deepseg.stages.tiles import create_tiles
+from deepseg.stages.vectorize import vectorize
+from deepseg.storage import gcs
+from deepseg.storage.checksums import file_checksums
+from deepseg.storage.paths import RunPaths
+from deepseg.storage.remote import CRC_METADATA, GsUri
+from deepseg.storage.sync import sync, sync_plan
 
 pytest_plugins = ["gcs_emulator"]  # the emulator_url and bucket fixtures
 
@@ -68,7 +69,7 @@ def run(experiment: Path, stages=STAGES, **overrides) -> list[dict]:
 def test_demo_in_gs_gives_the_local_runs_objects(tmp_path, bucket, monkeypatch):
     """The demo run entirely in the bucket (scene read by window through /vsigs/, model copied
     from it, outputs uploaded) stores exactly the files of the local run, byte for byte."""
-    from deepseg.demo import ensure_demo
+    from deepseg.synthetic.demo import ensure_demo
 
     ensure_demo(REPO)
     monkeypatch.setenv("OGR_CURRENT_DATE", "2025-01-01T00:00:00Z")  # the GPKG's own timestamp
@@ -158,14 +159,14 @@ def test_corrupt_object_in_bucket_is_redone_by_rerun_and_sync(tmp_path, bucket, 
     run(experiment, [create_tiles])
     good = bucket.objects("inference/test/")
     key = sorted(k for k in good if k.startswith("tiles/"))[0]
-    intended = gcs.file_checksums(tmp_path / "scratch" / key).crc32c
-    bucket.put(f"inference/test/{key}", good[key][:-10] + b"x" * 10, {gcs.CRC_METADATA: intended})
+    intended = file_checksums(tmp_path / "scratch" / key).crc32c
+    bucket.put(f"inference/test/{key}", good[key][:-10] + b"x" * 10, {CRC_METADATA: intended})
     (tmp_path / "scratch" / key).unlink()  # a fresh machine: only the bucket knows
 
     assert run(experiment, [create_tiles])[0]["counts"]["chunks_written"] == 1
     assert bucket.objects("inference/test/")[key] == good[key]
 
-    bucket.put(f"inference/test/{key}", b"garbage", {gcs.CRC_METADATA: intended})
+    bucket.put(f"inference/test/{key}", b"garbage", {CRC_METADATA: intended})
     paths = RunPaths.of(load_experiment(experiment))
     assert [(p.name, why) for p, why, _ in sync_plan(paths)] == [
         (Path(key).name, "corrupt in the bucket")
@@ -210,7 +211,7 @@ def test_cached_inputs_download_once_and_follow_changes(tmp_path, bucket, model_
     create_tiles(exp, force=True)
     assert copy.read_bytes() == darker.read_bytes()
     log = json.loads((tmp_path / "out" / "logs" / "inference_log.json").read_text())
-    assert log["model_files"]["normalization_stats.json"]["md5"] == gcs.file_checksums(stats).md5
+    assert log["model_files"]["normalization_stats.json"]["md5"] == file_checksums(stats).md5
 
 
 # ---- errors a user sees -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The report printed after a run (``python -m deepseg.summary``), on the hand-made run."""
+"""The report printed after a run (``deepseg summary``), on the hand-made run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from deepseg.config import load_experiment
-from deepseg.evaluation import evaluate
-from deepseg.outputs import RunPaths
-from deepseg.summary import summarize
+from deepseg.qa.evaluate import evaluate
+from deepseg.qa.summary import summarize
+from deepseg.storage.paths import RunPaths
 from handmade_run import PREDICTED, hand_run, write_polygons
 
 
@@ -63,7 +63,7 @@ def test_summary_before_and_after_evaluation(tmp_path: Path, model_dir: Path) ->
 
 def test_summary_command_names_a_bad_experiment(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "deepseg.summary", "-e", "no-such-experiment"],
+        [sys.executable, "-m", "deepseg.cli", "summary", "-e", "no-such-experiment"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,11 +18,11 @@ import yaml
 
 from conftest import REPO, Pointwise, assert_same_probability, reference_probability, write_model
 from deepseg.config import ConfigError, GridConfig, load_experiment
-from deepseg.errors import DeepSegError
-from deepseg.model import load_model
-from deepseg.scenes import render_scene
-from deepseg.training import calibrate_threshold, predict_scene, train
-from deepseg.training_data import TRAIN_ROADS, augment
+from deepseg.core.errors import DeepSegError
+from deepseg.model.loading import load_model
+from deepseg.synthetic.scenes import render_scene
+from deepseg.synthetic.training import calibrate_threshold, predict_scene, train
+from deepseg.synthetic.training_data import TRAIN_ROADS, augment
 
 TINY = {
     "scenes": 2,
@@ -99,9 +100,34 @@ def test_predict_scene_covers_every_pixel_as_predict_does(tmp_path: Path) -> Non
     pixels[:, 250:, 200:] = 0
     valid = pixels.any(axis=0)
     model = load_model(write_model(tmp_path / "m"), bands=3, device="cpu")
-    prob = predict_scene(model, pixels, GridConfig(tile_size=64, stride=32), batch_size=5)
+    demo = load_experiment("demo", check_inputs=False)
     expected = reference_probability(pixels, valid, Pointwise())
-    assert_same_probability(np.where(valid, prob, -1).astype(np.float32), expected)
+    for method in ("max", "sinusoidal"):  # merge.method is predict's: both agree pointwise
+        merge = dataclasses.replace(demo.merge, method=method)
+        exp = dataclasses.replace(demo, grid=GridConfig(tile_size=64, stride=32), merge=merge)
+        prob = predict_scene(model, pixels, exp, batch_size=5)
+        assert (prob[~valid] == -1).all()
+        if method == "max":
+            assert_same_probability(prob, expected)
+        else:  # a weighted mean of equal values: equal to float32 rounding
+            np.testing.assert_allclose(prob[valid], expected[valid], rtol=0, atol=1e-6)
+
+
+def test_predict_scene_uses_the_experiments_scales_like_predict(tmp_path: Path) -> None:
+    """Two scales fuse by maximum: the scene's map is the max of its one-scale maps, and the
+    0.5 scale (context 2 x the tile, read through the scene's nodata edge) differs from 1.0."""
+    pixels = np.random.default_rng(3).integers(1, 256, (3, 160, 130), dtype=np.uint8)
+    model = load_model(write_model(tmp_path / "m"), bands=3, device="cpu")
+    demo = load_experiment("demo", check_inputs=False)
+    grid = GridConfig(tile_size=32, stride=16)
+
+    def scene_map(scales: tuple[float, ...]) -> np.ndarray:
+        inference = dataclasses.replace(demo.inference, scales=scales)
+        exp = dataclasses.replace(demo, grid=grid, inference=inference)
+        return predict_scene(model, pixels, exp, batch_size=7)
+
+    one, half, both = scene_map((1.0,)), scene_map((0.5,)), scene_map((1.0, 0.5))
+    assert np.array_equal(both, np.maximum(one, half)) and not np.array_equal(one, half)
 
 
 def write_training_experiment(folder: Path, **train: object) -> Path:

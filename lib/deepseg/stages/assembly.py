@@ -1,0 +1,145 @@
+"""The probability stores of a run read as one map: their index, the regions, ``assemble``.
+
+Neighbouring stores overlap by ``tile_size - stride`` (a chunk's footprint is its core plus
+the overhang of its last tiles); ``assemble`` combines them with the rule used inside a chunk:
+the maximum, or for ``sinusoidal`` stores the mean weighted by each store's window-weight sum
+(sum of w p over sum of w, as one chunk would have it), so the fused map does not depend on
+``grid.chunk_tiles``. Boxes are in global grid pixels (see ``grid``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Experiment
+from ..core.errors import DeepSegError
+from ..geo.grid import PixelBox, TileGrid
+from ..run.manifest import fold, unit_names
+from ..storage.paths import RunPaths
+from ..stores.layout import PROB_NODATA
+from ..stores.prob_store import read_prob_attrs, read_prob_window
+
+DEFAULT_REGION = "all"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """The probability stores of a run, by chunk, with what they recorded."""
+
+    paths: dict[tuple[int, int], Path]
+    valid_boxes: dict[tuple[int, int], PixelBox]  # grid pixels holding a probability
+    threshold: float  # the threshold recorded at predict time
+    scales: tuple[float, ...]
+    merge_method: str = "max"
+
+    @classmethod
+    def local(cls, paths: RunPaths) -> StoreIndex:
+        """The index, with a local copy of every store to read (downloaded in a gs:// run)."""
+        paths.local_folder(paths.predictions, ".kea")
+        return cls.of_run(paths)
+
+    @classmethod
+    def of_run(cls, paths: RunPaths) -> StoreIndex:
+        """Index the finished stores from predict's manifest (opening only stores it lacks)."""
+        states = fold(paths, "predict")
+        found, boxes, thresholds, scales, methods = {}, {}, set(), set(), set()
+        for path in paths.prob_stores():
+            state = states.get(path.stem)
+            known = state is not None and state.status == "done" and "valid_box" in state.info
+            info = state.info if known else read_prob_attrs(paths.local(path))
+            chunk = TileGrid.parse_chunk_id(path.stem)
+            found[chunk] = path
+            boxes[chunk] = PixelBox(*info["valid_box"])
+            thresholds.add(float(info["threshold"]))
+            scales.add(tuple(float(s) for s in info["scales"]))
+            methods.add(info.get("merge_method", "max"))
+        if not found and any(s.status == "done" for s in states.values()):
+            raise DeepSegError(
+                f"{paths.predictions}: no probability stores: predict found no tile with valid "
+                "data (inputs all nodata, or a grid.tile_list that misses them); nothing to merge"
+            )
+        if not found:
+            raise DeepSegError(f"{paths.predictions}: no probability stores; run predict.py first")
+        if len(thresholds) > 1 or len(scales) > 1 or len(methods) > 1:
+            raise DeepSegError(
+                f"{paths.predictions}: stores were predicted with different thresholds "
+                f"{sorted(thresholds)}, scales {sorted(scales)} or merge methods "
+                f"{sorted(methods)}; rerun predict.py --force"
+            )
+        return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop())
+
+    def extent(self) -> PixelBox:
+        """The smallest box holding every predicted pixel."""
+        boxes = [b for b in self.valid_boxes.values() if b.width > 0]
+        if not boxes:
+            raise DeepSegError("no valid predicted pixel in any probability store")
+        total = boxes[0]
+        for box in boxes[1:]:
+            total = total.union(box)
+        return total
+
+
+def regions(exp: Experiment, grid: TileGrid, index: StoreIndex) -> dict[str, PixelBox]:
+    """Region name -> grid-pixel box: ``regions:`` bboxes, else one region over all predictions."""
+    if exp.regions:
+        return {name: grid.box_of_bounds(bbox) for name, bbox in sorted(exp.regions.items())}
+    return {DEFAULT_REGION: index.extent()}
+
+
+def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.ndarray, np.ndarray]:
+    """Fused probability (nodata -1) and scale bits over ``window`` from the stores reaching it."""
+    shape = (window.height, window.width)
+    prob = np.full(shape, PROB_NODATA, dtype=np.float32)
+    hits = np.zeros(shape, dtype=np.uint8)
+    num = np.zeros(shape, dtype=np.float64) if index.merge_method == "sinusoidal" else None
+    den = np.zeros(shape, dtype=np.float64) if num is not None else None
+    ccols, crows = grid.chunks_touching(window)
+    for chunk in ((c, r) for r in crows for c in ccols):
+        path = index.paths.get(chunk)
+        part = read_prob_window(path, window) if path is not None else None
+        if part is None:
+            continue
+        hits |= part.hits
+        if num is None:
+            np.maximum(prob, part.prob, out=prob)
+        else:
+            w = part.weight if part.weight is not None else (part.prob != PROB_NODATA) * 1.0
+            num += w * np.where(part.prob == PROB_NODATA, 0.0, part.prob)
+            den += w
+    if num is not None:
+        np.divide(num, den, out=num, where=den > 0)
+        prob = np.where(den > 0, num, PROB_NODATA).astype(np.float32)
+    return prob, hits
+
+
+def check_predicted(exp: Experiment) -> None:
+    """Refuse to merge or vectorize while predict has not run (or is still running) a chunk
+    create_tiles staged tiles for: the outputs would have holes there. Chunks whose predict
+    failed are left out with a warning (a few bad chunks must not hold up a continent); their
+    area stays nodata until they are redone, which remakes the outputs."""
+    paths = RunPaths.of(exp)
+    predicted = fold(paths, "predict")
+    staged = fold(paths, "create_tiles")
+    with_tiles = sorted(u for u, s in staged.items() if s.status == "done" and s.outputs)
+    status = {u: getattr(predicted.get(u), "status", None) for u in with_tiles}
+    missing = [u for u in with_tiles if status[u] not in ("done", "failed")]
+    failed = [u for u in with_tiles if status[u] == "failed"]
+    check = f"deepseg check -e {exp.name} lists them"
+    if missing:
+        raise DeepSegError(
+            f"predict has not finished {len(missing)} chunk(s) with staged tiles "
+            f"({unit_names(missing)}); run predict.py -e {exp.name} until it reports none "
+            f"pending ({check})"
+        )
+    if failed:
+        log.warning(
+            "predict failed on %d chunk(s) (%s): their area stays nodata; %s",
+            len(failed),
+            unit_names(failed),
+            check,
+        )

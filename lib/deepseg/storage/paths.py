@@ -1,0 +1,282 @@
+"""The layout of a run's outputs under ``output.path``, and writing files atomically.
+
+    tiles/{chunk}.kea             tile stores (one per chunk, see ``stores``)
+    predictions/{chunk}.kea       probability stores (one per chunk)
+    merged/{region}_prob.tif      float32 probability COG, nodata -1
+    merged/{region}_binary.tif    uint8 0/1 COG, nodata 255
+    merged/{region}_{product}.tif optional products (merge.products)
+    merged/{region}_prob.kea, merged/{region}_binary.kea   the same as KEA (merge.formats: kea)
+    vectors/rts_predictions.gpkg  polygons (layer rts_predictions) and layer footprints
+    vectors/pieces/{chunk}.fgb    per chunk: polygon pieces and footprint (FlatGeobuf)
+    logs/inference_log.json       what ran, with which model and settings, and how long
+    logs/experiment.yaml          the resolved experiment (every default filled in)
+    logs/evaluation.json          evaluate.py: metrics against reference polygons
+    logs/evaluation_pr_curve.png  evaluate.py: pixel precision-recall curve over thresholds
+    logs/evaluation_errors.gpkg   evaluate.py: TP/FP/FN polygons (layer evaluation_errors)
+    logs/calibration.json         evaluate.py --calibrate: the threshold merge.threshold can use
+
+Every file is written under a temporary name beside its final one (``.STEM.partial.EXT``,
+hidden, extension kept so GDAL drivers still recognise it) and renamed into place only when
+complete, so a crash never leaves a half-written output; ``finished_files`` never lists them.
+
+With a ``gs://`` ``output.path`` the same layout is written under the local ``output.scratch``
+folder and mirrored to the bucket (see ``mirror``). Stages see no difference as long as they
+ask ``RunPaths``: ``done(path)`` (is this output finished, here or in the bucket?),
+``local(path)`` / ``local_folder(folder)`` (a verified local copy to read), ``flush()`` (wait
+for the uploads), and write through ``atomic_path``, which publishes each finished file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.progress import progress
+from .remote import GsUri
+
+if TYPE_CHECKING:
+    from ..config import Experiment
+    from .mirror import Mirror
+
+log = logging.getLogger(__name__)
+PARTIAL_PREFIX = "."
+PARTIAL_MARK = ".partial"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each stage of one experiment reads and writes."""
+
+    root: Path  # the local folder: the outputs, or the scratch copy of a gs:// run
+    remote: GsUri | None = None  # where a gs:// run's outputs are published
+
+    @classmethod
+    def of(cls, exp: Experiment) -> RunPaths:
+        if isinstance(exp.output.path, GsUri):
+            attach_mirror(exp.output.scratch, exp.output.path)
+            return cls(exp.output.scratch, exp.output.path)
+        return cls(Path(exp.output.path))
+
+    def refresh(self) -> None:
+        """Forget what was seen in the bucket: the next question lists it again (a stage does
+        this once as it starts; other workers may have finished units meanwhile)."""
+        m = self._mirror
+        if m is not None:
+            m.forget()
+
+    @property
+    def _mirror(self) -> Mirror | None:
+        return attach_mirror(self.root, self.remote) if self.remote is not None else None
+
+    def show(self, path: Path) -> str:
+        """Where ``path`` lives, for messages: its gs:// URI in a gs:// run."""
+        m = self._mirror
+        return str(m.remote / m.key(path)) if m is not None else str(path)
+
+    def done(self, path: Path) -> bool:
+        """Whether the output ``path`` is finished (a gs:// run also asks the bucket, and
+        uploads a finished local file the bucket lacks)."""
+        m = self._mirror
+        return m.finished(path) if m is not None else path.exists()
+
+    def local(self, path: Path) -> Path:
+        """``path``, downloaded first (verified) when only the bucket holds it."""
+        m = self._mirror
+        return m.fetch(path) if m is not None else path
+
+    def local_folder(self, folder: Path, suffix: str = "") -> Path:
+        """``folder`` with a verified local copy of every finished file in it."""
+        m = self._mirror
+        if m is not None:
+            names = sorted(m.names(folder, suffix))
+            for name in progress(names, len(names), f"local copies of {self.show(folder)}", log):
+                m.fetch(folder / name)
+        return folder
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait until every finished file is in the bucket (nothing to do in a local run)."""
+        m = self._mirror
+        if m is not None:
+            m.flush(raise_errors)
+
+    def finished(self, folder: Path, suffix: str) -> list[Path]:
+        """Finished files in ``folder`` ending in ``suffix``, sorted: here or in the bucket."""
+        m = self._mirror
+        if m is None:
+            return finished_files(folder, suffix)
+        return [folder / name for name in sorted(m.names(folder, suffix))]
+
+    @property
+    def tiles(self) -> Path:
+        return self.root / "tiles"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def vectors(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def tile_stores(self) -> list[Path]:
+        """The finished tile stores, sorted by chunk id (read them through ``local``)."""
+        return self.finished(self.tiles, ".kea")
+
+    def prob_stores(self) -> list[Path]:
+        """The finished probability stores, sorted by chunk id (read them through ``local``)."""
+        return self.finished(self.predictions, ".kea")
+
+    def tile_store(self, chunk_id: str) -> Path:
+        return self.tiles / f"{chunk_id}.kea"
+
+    def prob_store(self, chunk_id: str) -> Path:
+        return self.predictions / f"{chunk_id}.kea"
+
+    def region_layer(self, region: str, layer: str) -> Path:
+        """A merged raster of a region: layer prob, binary, uncertainty or scales."""
+        return self.merged / f"{region}_{layer}.tif"
+
+    def region_prob(self, region: str) -> Path:
+        return self.region_layer(region, "prob")
+
+    def region_binary(self, region: str) -> Path:
+        return self.region_layer(region, "binary")
+
+    def region_preview(self, region: str) -> Path:
+        """The region's colour preview with legend (``merge.products: [preview]``)."""
+        return self.merged / f"{region}_preview.png"
+
+    def region_kea(self, region: str, product: str) -> Path:
+        """The KEA copy of a merged raster; ``product`` is "prob" or "binary"."""
+        return self.merged / f"{region}_{product}.kea"
+
+    @property
+    def polygons(self) -> Path:
+        return self.vectors / "rts_predictions.gpkg"
+
+    @property
+    def pieces(self) -> Path:
+        """Per chunk, its polygon pieces and footprint, gathered into ``polygons``."""
+        return self.vectors / "pieces"
+
+    @property
+    def run_log(self) -> Path:
+        return self.logs / "inference_log.json"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.logs / "evaluation.json"
+
+    @property
+    def evaluation_pr_curve(self) -> Path:
+        return self.logs / "evaluation_pr_curve.png"
+
+    @property
+    def evaluation_errors(self) -> Path:
+        return self.logs / "evaluation_errors.gpkg"
+
+    @property
+    def calibration(self) -> Path:
+        return self.logs / "calibration.json"
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed to ``path``."""
+    return path.with_name(f"{PARTIAL_PREFIX}{path.stem}{PARTIAL_MARK}{path.suffix}")
+
+
+def finished_files(folder: Path, suffix: str) -> list[Path]:
+    """Files in ``folder`` ending in ``suffix``, sorted, without partial (temporary) ones."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` on success, delete it on error.
+
+    The parent folder is created on first use. A leftover partial file from an earlier
+    crash is overwritten. A file inside a gs:// run's scratch folder is then published to
+    the bucket (see ``mirror``; ``remote.Conflict`` for a log another worker changed meanwhile).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(path)
+
+
+def publish(path: Path) -> None:
+    """Hand a finished file to the bucket mirror covering it, if any (a local run has none)."""
+    published_by = covering_mirror(path)
+    if published_by is not None:
+        published_by.publish(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder to fill (``.NAME.partial``); on success it takes the place of
+    ``path``, on error it is deleted. An existing ``path`` is moved aside (``.NAME.old``) and
+    deleted only once the new folder is in place, so a crash never leaves a half-filled one.
+    """
+    tmp, old = partial_path(path), path.with_name(f"{PARTIAL_PREFIX}{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---- the mirrors of this process: one per gs:// run folder ---------------------------------
+_mirrors: dict[Path, Mirror] = {}
+_mirrors_lock = threading.Lock()
+
+
+def attach_mirror(root: Path, remote: GsUri) -> Mirror:
+    """The mirror of ``root`` to ``remote`` (one per pair in this process, reused)."""
+    from .mirror import Mirror  # the Google Cloud client loads only for gs:// runs
+
+    with _mirrors_lock:
+        current = _mirrors.get(root)
+        if current is None or current.remote != remote:
+            current = _mirrors[root] = Mirror(root, remote)
+            log.info("outputs go to %s (written first to %s)", remote, root)
+        return current
+
+
+def covering_mirror(path: Path) -> Mirror | None:
+    """The mirror whose root holds ``path``, if any (None in a local run)."""
+    for root, found in list(_mirrors.items()):
+        if path.is_relative_to(root):
+            return found
+    return None

@@ -1,0 +1,67 @@
+"""Reading tile stores ahead of the model and writing probability stores behind it.
+
+HDF5 (de)compression is the slow part of a chunk's I/O (tens of MB each way), and h5py
+serializes HDF5 calls within a process. So with ``workers`` > 0 the reads and writes run in
+that many spawned processes (no CUDA state is forked), which is what keeps a GPU fed; with 0
+they run in two threads, enough to overlap a CPU model's compute with the disk. At most
+``depth`` reads are ahead and ``depth`` writes behind, so memory stays a few chunks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .prob_store import ProbStore, read_prob_attrs, write_prob_store
+from .tile_store import TileStore, read_tile_store
+
+
+def auto_workers(device_type: str) -> int:
+    """Background processes for a device: none on CPU (threads do), several for a GPU."""
+    if device_type != "cuda":
+        return 0
+    return max(1, min(8, len(os.sched_getaffinity(0)) - 2))
+
+
+def write_and_describe(path: Path, store: ProbStore) -> dict[str, Any]:
+    """Write a probability store, then read back what the manifest records of it."""
+    write_prob_store(path, store)
+    attrs = read_prob_attrs(path)
+    return {k: attrs[k] for k in ("valid_box", "threshold", "scales", "merge_method")}
+
+
+class ChunkIO:
+    """Background reads and writes of chunk stores (see the module docstring)."""
+
+    def __init__(self, workers: int) -> None:
+        self.depth = max(2, workers + 1)
+        self._pool: Executor
+        if workers > 0:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(workers, mp_context=context)
+        else:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="deepseg-io")
+        self._fetchers = ThreadPoolExecutor(self.depth, thread_name_prefix="deepseg-fetch")
+
+    def read(self, path: Path, fetch: Callable[[Path], Path]) -> Future[TileStore]:
+        """The tile store at ``fetch(path)`` (a gs:// run downloads it there first)."""
+        return self._fetchers.submit(self._fetch_and_read, path, fetch)
+
+    def _fetch_and_read(self, path: Path, fetch: Callable[[Path], Path]) -> TileStore:
+        return self._pool.submit(read_tile_store, fetch(path)).result()
+
+    def write(self, path: Path, store: ProbStore) -> Future[dict[str, Any]]:
+        """Write ``store`` to ``path`` in the background; the future holds what the manifest
+        records of it (``write_and_describe``)."""
+        return self._pool.submit(write_and_describe, path, store)
+
+    def __enter__(self) -> ChunkIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fetchers.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
