@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,15 @@ class Pointwise(torch.nn.Module):
     """Each output logit depends only on the same input pixel (elementwise ops only)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 0:1] * 1.5 - x[:, 1:2] * 0.5 + x[:, 2:3] * 0.25 + 0.1) * 2.0
+
+
+class Poisoned(torch.nn.Module):
+    """The pointwise test model, but raises where band 1 holds the poison value 255."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] > (254.5 - 100.0) / 50.0).any()):
+            raise RuntimeError("poisoned pixel")
         return (x[:, 0:1] * 1.5 - x[:, 1:2] * 0.5 + x[:, 2:3] * 0.25 + 0.1) * 2.0
 
 
@@ -147,3 +158,24 @@ def stage_logging_ends_with_the_test() -> Iterator[None]:
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     return write_model(tmp_path / "model")
+
+
+def run_script(script: str, experiment: Path) -> subprocess.CompletedProcess:
+    """Run a top-level stage script on an experiment, as a user would."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), "-e", str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> str:
+    """The run failed with exit 2 and one `deepseg: error:` line naming each of ``names``."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deepseg: error: ")
+    for name in names:
+        assert name in lines[0]
+    return lines[0]

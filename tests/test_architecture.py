@@ -169,3 +169,13 @@ def test_the_package_top_holds_only_subpackages() -> None:
         "cli", "synthetic", "qa", "stages", "run", "model", "stores", "geo", "config", "storage",
         "formats", "core",
     }  # fmt: skip
+
+
+def test_the_tests_follow_the_package() -> None:
+    """Each test folder is named after a layer, and the tests of a layer live in it."""
+    tests = REPO / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    layers = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders and folders <= layers, sorted(folders - layers)
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), "two test files share a name (pytest imports by name)"

@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from conftest import MEAN, STD, lattice_transform, write_experiment, write_raster
+from deepseg.config import ConfigError, load_experiment
+from deepseg.model.card import read_model_card
+from deepseg.model.inference import normalize, probabilities
+from deepseg.model.loading import load_model
+from deepseg.model.unet import DeepSegUNet
 from model_folders import (
     known_conv,
     known_logits,
@@ -19,13 +26,6 @@ from model_folders import (
     refused,
     torchscript_bytes,
 )
-
-from conftest import MEAN, STD, lattice_transform, write_experiment, write_raster
-from deepseg.config import ConfigError, load_experiment
-from deepseg.model.card import read_model_card
-from deepseg.model.inference import normalize, probabilities
-from deepseg.model.loading import load_model
-from deepseg.model.unet import DeepSegUNet
 
 
 # ---- one format at a time: the logits of a known input --------------------------------------

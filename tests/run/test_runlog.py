@@ -10,7 +10,6 @@ import logging
 import numpy as np
 import pytest
 import rasterio
-from test_check import scene, valid_mask
 
 from conftest import reference_probability, write_experiment
 from deepseg.config import load_experiment
@@ -22,12 +21,13 @@ from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.stages.vectorize import vectorize
 from deepseg.storage.paths import RunPaths
+from shared_scenes import corner_scene, corner_valid_mask
 
 
 def tile_facts(grid: TileGrid, prob: np.ndarray) -> tuple[int, int, int]:
     """Tiles over the raster with valid data, with a pixel at or above 0.5, and without
     valid data, by brute force over every tile that overlaps the raster."""
-    box, valid = valid_mask()
+    box, valid = corner_valid_mask()
     cols, rows = grid.tiles_touching(box)
     with_data = detected = no_data = 0
     for col in cols:
@@ -41,14 +41,14 @@ def tile_facts(grid: TileGrid, prob: np.ndarray) -> tuple[int, int, int]:
 
 
 def test_every_spec_field_is_recorded_and_counts_all_done_units(tmp_path, model_dir, caplog):
-    raster = scene(tmp_path)
+    raster = corner_scene(tmp_path)
     exp = load_experiment(
         write_experiment(tmp_path, [raster], model_dir, input={"basemap_version": "planet-q3"})
     )
     paths, grid = RunPaths.of(exp), TileGrid.from_experiment(exp)
     with rasterio.open(raster) as src:
         pixels = src.read()
-    prob = reference_probability(pixels, valid_mask()[1])
+    prob = reference_probability(pixels, corner_valid_mask()[1])
     with_data, detected, no_data = tile_facts(grid, prob)
     assert (with_data, no_data) == (76, 4)  # the 60 x 70 px nodata corner holds 2 x 2 tiles
     started = dt.datetime.now(dt.timezone.utc)
@@ -68,7 +68,7 @@ def test_every_spec_field_is_recorded_and_counts_all_done_units(tmp_path, model_
     assert log["n_tiles_processed"] == with_data
     assert log["n_tiles_with_detection"] == detected
     assert log["n_tiles_skipped_no_data"] == no_data
-    positive_px = int(((prob >= 0.5) & valid_mask()[1]).sum())
+    positive_px = int(((prob >= 0.5) & corner_valid_mask()[1]).sum())
     assert log["total_rts_area_km2"] == round(positive_px * 9.0 / 1e6, 6)
     assert log["gpu_type"] == "cpu" and log["batch_size_used"] == 7
     assert log["basemap_version"] == "planet-q3" and log["experiment"] == exp.to_dict()
@@ -102,7 +102,7 @@ def test_every_spec_field_is_recorded_and_counts_all_done_units(tmp_path, model_
 def test_a_tile_list_counts_only_listed_tiles_as_skipped(tmp_path, model_dir):
     """Unlisted tiles are not candidates: only listed tiles over nodata count as skipped."""
     grid = TileGrid.from_experiment(
-        load_experiment(write_experiment(tmp_path / "g", [scene(tmp_path)], model_dir))
+        load_experiment(write_experiment(tmp_path / "g", [corner_scene(tmp_path)], model_dir))
     )
     listed = [(5, 9), (6, 10), (7, 11)]  # two over the nodata corner, one with data
     lines = ["tile_id,minx,miny,maxx,maxy"] + [
@@ -112,7 +112,10 @@ def test_a_tile_list_counts_only_listed_tiles_as_skipped(tmp_path, model_dir):
     (tmp_path / "tiles.csv").write_text("\n".join(lines) + "\n")
     exp = load_experiment(
         write_experiment(
-            tmp_path, [scene(tmp_path)], model_dir, grid={"tile_list": str(tmp_path / "tiles.csv")}
+            tmp_path,
+            [corner_scene(tmp_path)],
+            model_dir,
+            grid={"tile_list": str(tmp_path / "tiles.csv")},
         )
     )
     summary = create_tiles(exp)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from config_helpers import child, error, make_base, write_tif, write_yaml
 
+from config_helpers import child, error, make_base, write_tif, write_yaml
 from deepseg.config import REPO_ROOT, ConfigError, load_experiment
 from deepseg.config.files import resolve_experiment_path
 

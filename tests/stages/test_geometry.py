@@ -15,7 +15,6 @@ from conftest import (
     reference_probability,
     shared_file,
     write_experiment,
-    write_raster,
 )
 from deepseg.config import load_experiment
 from deepseg.geo.grid import TileGrid
@@ -24,18 +23,7 @@ from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.stores.tile_store import read_tile_store
-
-RASTER_AT = (1287, 1613)  # grid (col, row) of the test raster's pixel (0, 0): not chunk-aligned
-
-
-def make_scene(folder: Path, width: int = 301, height: int = 257) -> tuple[Path, np.ndarray]:
-    """A random uint8 RGB raster on the grid lattice with nodata 0 in a corner and a line."""
-    rng = np.random.default_rng(3)
-    data = rng.integers(1, 256, size=(3, height, width), dtype=np.uint8)
-    data[:, :40, :60] = 0
-    data[:, 100, 50:150] = 0
-    data[0, 150, 10:20] = 0  # one band at nodata is still a valid pixel
-    return write_raster(folder / "scene.tif", data, lattice_transform(*RASTER_AT)), data
+from shared_scenes import OFFGRID_AT, offgrid_scene
 
 
 def run(experiment: Path) -> None:
@@ -65,13 +53,13 @@ def offset_in(raster_transform, merged_transform) -> tuple[int, int]:
     [(64, 32, 1), (64, 32, 2), (64, 32, 3), (64, 16, 1), (64, 64, 2), (48, 16, 4)],
 )
 def test_merged_equals_whole_image(tmp_path, model_dir, tile, stride, chunk_tiles):
-    scene, data = make_scene(tmp_path)
+    scene, data = offgrid_scene(tmp_path)
     valid = (data != 0).any(axis=0)
     grid = {"tile_size": tile, "stride": stride, "chunk_tiles": chunk_tiles}
     run(write_experiment(tmp_path, [scene], model_dir, grid=grid))
     merged, transform = read_merged(tmp_path / "out" / "merged" / "all_prob.tif")
     expected = reference_probability(data, valid)
-    row, col = offset_in(lattice_transform(*RASTER_AT), transform)
+    row, col = offset_in(lattice_transform(*OFFGRID_AT), transform)
     rows, cols = np.nonzero(valid)
     # the default region is exactly the bounding box of the valid input pixels
     assert (row, col) == (rows.min(), cols.min())
@@ -80,8 +68,8 @@ def test_merged_equals_whole_image(tmp_path, model_dir, tile, stride, chunk_tile
 
 
 def test_regions_cut_anywhere(tmp_path, model_dir):
-    scene, data = make_scene(tmp_path)
-    x0, y0 = lattice_transform(*RASTER_AT) @ (0, 0)
+    scene, data = offgrid_scene(tmp_path)
+    x0, y0 = lattice_transform(*OFFGRID_AT) @ (0, 0)
     # two regions meeting at raster column 150 / row 120, neither aligned with a chunk
     west = [x0 + 3 * 20, y0 - 3 * 200, x0 + 3 * 150, y0 - 3 * 5]
     south_east = [x0 + 3 * 150, y0 - 3 * 257, x0 + 3 * 301, y0 - 3 * 120]
@@ -96,14 +84,14 @@ def test_regions_cut_anywhere(tmp_path, model_dir):
     expected = reference_probability(data, (data != 0).any(axis=0))
     for name, (r0, r1, c0, c1) in {"west": (5, 200, 20, 150), "se": (120, 257, 150, 301)}.items():
         merged, transform = read_merged(tmp_path / "out" / "merged" / f"{name}_prob.tif")
-        assert offset_in(lattice_transform(*RASTER_AT), transform) == (r0, c0)
+        assert offset_in(lattice_transform(*OFFGRID_AT), transform) == (r0, c0)
         assert_same_probability(merged, expected[r0:r1, c0:c1])
 
 
 def test_tile_list_predicts_only_listed_tiles(tmp_path, model_dir):
-    scene, data = make_scene(tmp_path)
+    scene, data = offgrid_scene(tmp_path)
     grid = TileGrid(*(-4000100.0, 4100100.0), 3.0, 64, 32, 2, 0)
-    c0, r0 = RASTER_AT[0] // 32 + 2, RASTER_AT[1] // 32 + 3
+    c0, r0 = OFFGRID_AT[0] // 32 + 2, OFFGRID_AT[1] // 32 + 3
     listed = [(c0, r0), (c0 + 1, r0), (c0 + 4, r0 + 2)]
     csv = tmp_path / "tiles.csv"
     csv.write_text(
@@ -115,14 +103,14 @@ def test_tile_list_predicts_only_listed_tiles(tmp_path, model_dir):
     )
     run(write_experiment(tmp_path, [scene], model_dir, grid={"tile_list": str(csv)}))
     merged, transform = read_merged(tmp_path / "out" / "merged" / "all_prob.tif")
-    row, col = offset_in(lattice_transform(*RASTER_AT), transform)
+    row, col = offset_in(lattice_transform(*OFFGRID_AT), transform)
     expected = reference_probability(data, (data != 0).any(axis=0))
     covered = np.zeros(data.shape[1:], dtype=bool)
     for c, r in listed:
         box = grid.tile_box(c, r)
         covered[
-            box.row0 - RASTER_AT[1] : box.row1 - RASTER_AT[1],
-            box.col0 - RASTER_AT[0] : box.col1 - RASTER_AT[0],
+            box.row0 - OFFGRID_AT[1] : box.row1 - OFFGRID_AT[1],
+            box.col0 - OFFGRID_AT[0] : box.col1 - OFFGRID_AT[0],
         ] = True
     expected = np.where(covered, expected, -1.0)
     rows, cols = np.nonzero(expected != -1)
@@ -132,7 +120,7 @@ def test_tile_list_predicts_only_listed_tiles(tmp_path, model_dir):
 
 
 def test_aligned_input_is_staged_bit_for_bit(tmp_path, model_dir):
-    scene, data = make_scene(tmp_path)
+    scene, data = offgrid_scene(tmp_path)
     exp = load_experiment(
         write_experiment(tmp_path, [scene], model_dir, inference={"scales": [1.0, 0.5]})
     )
@@ -142,13 +130,13 @@ def test_aligned_input_is_staged_bit_for_bit(tmp_path, model_dir):
     for path in stores:
         store = read_tile_store(path)
         inner = store.box.intersection(
-            type(store.box)(RASTER_AT[0], RASTER_AT[1], RASTER_AT[0] + 301, RASTER_AT[1] + 257)
+            type(store.box)(OFFGRID_AT[0], OFFGRID_AT[1], OFFGRID_AT[0] + 301, OFFGRID_AT[1] + 257)
         )
         rows, cols = inner.slices_in(store.box)
         src = data[
             :,
-            inner.row0 - RASTER_AT[1] : inner.row1 - RASTER_AT[1],
-            inner.col0 - RASTER_AT[0] : inner.col1 - RASTER_AT[0],
+            inner.row0 - OFFGRID_AT[1] : inner.row1 - OFFGRID_AT[1],
+            inner.col0 - OFFGRID_AT[0] : inner.col1 - OFFGRID_AT[0],
         ]
         np.testing.assert_array_equal(store.pixels[:, rows, cols], src)
         assert store.valid[rows, cols].sum() == (src != 0).any(axis=0).sum()

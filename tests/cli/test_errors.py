@@ -10,32 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO, lattice_transform, write_experiment, write_raster
+from conftest import (
+    REPO,
+    assert_one_line_error,
+    lattice_transform,
+    run_script,
+    write_experiment,
+    write_raster,
+)
 from deepseg.stores.prob_store import read_prob_attrs, read_prob_window
-
-
-def run_script(script: str, experiment: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / script), "-e", str(experiment)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def scene(folder: Path) -> Path:
     data = np.full((3, 64, 64), 50, dtype=np.uint8)
     return write_raster(folder / "scene.tif", data, lattice_transform(640, 640))
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("deepseg: error: ")
-    for name in names:
-        assert name in lines[0]
-    return lines[0]
 
 
 def test_bad_experiment_key(tmp_path, model_dir):

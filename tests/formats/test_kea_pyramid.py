@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 from affine import Affine
-from kea_helpers import WKT_3413, hdf5_type, small_info
 
 from deepseg.formats import kea, kea_pyramid
+from kea_helpers import WKT_3413, hdf5_type, small_info
 
 
 def test_write_overview(tmp_path):

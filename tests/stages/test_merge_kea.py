@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import rasterio
 from pyproj import CRS
-from test_geometry import make_scene
 
 from conftest import write_experiment
 from deepseg.config import ConfigError, load_experiment
@@ -16,6 +15,7 @@ from deepseg.formats import kea, kea_pyramid
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
+from shared_scenes import offgrid_scene
 
 VLEN = h5py.string_dtype("ascii")
 # KEA_LAYOUT.md's required objects: path -> (numpy dtype or "group", shape); {dtype} = band's
@@ -40,7 +40,7 @@ REQUIRED = {
 
 
 def run(tmp_path, model_dir, **merge_keys):
-    scene, _ = make_scene(tmp_path, width=700, height=600)
+    scene, _ = offgrid_scene(tmp_path, width=700, height=600)
     grid = {"tile_size": 128, "stride": 128, "chunk_tiles": 2}
     exp = load_experiment(write_experiment(tmp_path, [scene], model_dir, grid=grid,
                                            merge=merge_keys))  # fmt: skip
@@ -122,7 +122,7 @@ def test_default_formats_write_no_kea(tmp_path, model_dir):
      (["cog", "tif"], "merge.formats[1]: expected one of cog|kea, got 'tif'")],
 )  # fmt: skip
 def test_bad_formats_are_refused(tmp_path, model_dir, formats, message):
-    scene, _ = make_scene(tmp_path)
+    scene, _ = offgrid_scene(tmp_path)
     path = write_experiment(tmp_path, [scene], model_dir, merge={"formats": formats})
     with pytest.raises(ConfigError) as err:
         load_experiment(path)

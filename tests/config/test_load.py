@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from config_helpers import child, error, make_base, write_yaml
 
+from config_helpers import child, error, make_base, write_yaml
 from deepseg.config import REPO_ROOT, Experiment, load_experiment
 
 

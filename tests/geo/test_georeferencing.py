@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 from affine import Affine
-from test_check import scene
 
 from conftest import ORIGIN, lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
@@ -21,6 +20,7 @@ from deepseg.run.stage import select_shard
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.storage.paths import RunPaths
+from shared_scenes import corner_scene
 
 AT = (640, 640)  # grid (col, row) of the rasters' top-left corner
 
@@ -72,7 +72,7 @@ def test_nearly_square_and_geographic_pixels_pass(tmp_path, model_dir, width, he
 
 
 def test_tile_stores_staged_for_another_grid_are_refused_before_predicting(tmp_path, model_dir):
-    raster = scene(tmp_path)
+    raster = corner_scene(tmp_path)
     create_tiles(load_experiment(write_experiment(tmp_path, [raster], model_dir)))
     paths = RunPaths(tmp_path / "out")
     first = paths.tile_stores()[0]  # c00002_r00005: c00002_r00004 has no tiles
@@ -97,7 +97,7 @@ def test_tile_stores_staged_for_another_grid_are_refused_before_predicting(tmp_p
 
 def test_each_store_on_another_grid_fails_its_unit(tmp_path, model_dir):
     """Stores restaged for another grid after the first one was checked fail one by one."""
-    raster = scene(tmp_path)
+    raster = corner_scene(tmp_path)
     plain = load_experiment(write_experiment(tmp_path, [raster], model_dir))
     create_tiles(plain)
     paths = RunPaths.of(plain)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import lattice_transform, write_experiment, write_model, write_raster
+from conftest import Poisoned, lattice_transform, write_experiment, write_model, write_raster
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.run.manifest import fold
@@ -21,15 +20,6 @@ from deepseg.stages.tiles import create_tiles
 from deepseg.storage.paths import RunPaths
 
 AT = (3 * 64 + 10, 5 * 64 + 20)  # grid (col, row) of the raster's pixel (0, 0)
-
-
-class Poisoned(torch.nn.Module):
-    """The pointwise test model, but raises where band 1 holds the poison value 255."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x[:, 0] > (254.5 - 100.0) / 50.0).any()):
-            raise RuntimeError("poisoned pixel")
-        return (x[:, 0:1] * 1.5 - x[:, 1:2] * 0.5 + x[:, 2:3] * 0.25 + 0.1) * 2.0
 
 
 def scene(folder: Path, poison: bool) -> Path:

@@ -11,17 +11,15 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import pytest
 import rasterio
 import shapely
-from test_runner import Poisoned
 
-from conftest import REPO, lattice_transform, write_experiment, write_model, write_raster
+from conftest import REPO, Poisoned, lattice_transform, write_experiment, write_model, write_raster
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
-from deepseg.geo.grid import PixelBox, TileGrid
+from deepseg.geo.grid import TileGrid
 from deepseg.qa.check import check_run
 from deepseg.run.stage import select_shard
 from deepseg.stages.merge import merge
@@ -29,10 +27,8 @@ from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.stages.vectorize import LAYER, vectorize
 from deepseg.storage.paths import RunPaths
+from shared_scenes import CORNER_AT, corner_scene, corner_valid_mask
 
-AT = (3 * 64 + 10, 5 * 64 + 20)  # grid (col, row) of the raster's pixel (0, 0)
-SHAPE = (200, 260)  # rows, cols
-CORNER = (60, 70)  # rows, cols of nodata at the raster's top-left
 FINDINGS = (
     "chunks_not_staged",
     "tiles_not_predicted",
@@ -42,24 +38,9 @@ FINDINGS = (
 )
 
 
-def scene(folder: Path) -> Path:
-    """A 200 x 260 px raster (values 1-254, so the pointwise model finds objects) with a
-    nodata top-left corner; test grid: 64 px tiles, stride 32, chunks of 2 x 2 tiles."""
-    data = np.random.default_rng(5).integers(1, 255, size=(3, *SHAPE), dtype=np.uint8)
-    data[:, : CORNER[0], : CORNER[1]] = 0
-    return write_raster(folder / "scene.tif", data, lattice_transform(*AT))
-
-
-def valid_mask() -> tuple[PixelBox, np.ndarray]:
-    """The raster's grid box and its valid pixels, from its definition above."""
-    valid = np.ones(SHAPE, dtype=bool)
-    valid[: CORNER[0], : CORNER[1]] = False
-    return PixelBox(AT[0], AT[1], AT[0] + SHAPE[1], AT[1] + SHAPE[0]), valid
-
-
 def tiles_over_data(grid: TileGrid, chunk: tuple[int, int]) -> list[str]:
     """Ids of the chunk's tiles holding a valid pixel, by brute force over its tiles."""
-    box, valid = valid_mask()
+    box, valid = corner_valid_mask()
     ids = []
     for col, row in grid.chunk_tiles_in(*chunk):
         part = grid.tile_box(col, row).intersection(box)
@@ -81,7 +62,7 @@ def run_all(exp) -> None:
 def finished(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A complete run: (its folder, the raster, the model); copy it before changing it."""
     base = tmp_path_factory.mktemp("finished")
-    raster, model = scene(base), write_model(base / "model")
+    raster, model = corner_scene(base), write_model(base / "model")
     run_all(experiment(base / "run", raster, model))
     return base / "run", raster, model
 
@@ -133,7 +114,7 @@ def test_a_complete_run_passes_and_a_deleted_raster_fails_the_command(finished, 
 
 
 def test_chunks_create_tiles_did_not_finish_and_tiles_never_predicted(tmp_path, model_dir):
-    exp = experiment(tmp_path, scene(tmp_path), model_dir)
+    exp = experiment(tmp_path, corner_scene(tmp_path), model_dir)
     create_tiles(exp, shard=(0, 2))  # half the chunks staged, nothing predicted
     report = check_run(exp)
     grid = TileGrid.from_experiment(exp)
@@ -155,10 +136,10 @@ def test_chunks_create_tiles_did_not_finish_and_tiles_never_predicted(tmp_path, 
 
 
 def test_failed_units_are_reported_with_their_error_and_tiles(tmp_path):
-    raster = scene(tmp_path)
+    raster = corner_scene(tmp_path)
     data = rasterio.open(raster).read()
     data[0, 190, 250] = 255  # the Poisoned model fails on this value: grid pixel (452, 530)
-    raster = write_raster(tmp_path / "poisoned.tif", data, lattice_transform(*AT))
+    raster = write_raster(tmp_path / "poisoned.tif", data, lattice_transform(*CORNER_AT))
     exp = experiment(tmp_path, raster, write_model(tmp_path / "bad", Poisoned()))
     create_tiles(exp)
     with pytest.raises(DeepSegError, match=r"4 unit\(s\) failed"):
@@ -208,8 +189,8 @@ def test_polygons_outside_the_predicted_area_are_reported_with_their_area(finish
     res = 3.0
 
     def pixels(col0: int, row0: int, col1: int, row1: int) -> shapely.Polygon:
-        x0, y0 = lattice_transform(*AT) @ (col0, row0)
-        x1, y1 = lattice_transform(*AT) @ (col1, row1)
+        x0, y0 = lattice_transform(*CORNER_AT) @ (col0, row0)
+        x1, y1 = lattice_transform(*CORNER_AT) @ (col1, row1)
         return shapely.box(x0, y1, x1, y0)
 
     handmade = {

@@ -31,7 +31,7 @@ from deepseg.synthetic.demo import (
 from deepseg.synthetic.scenes import render_scene
 from deepseg.synthetic.training import predict_scene
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_MODEL = REPO / "data" / "demo" / "model"
 ORIGIN_X, ORIGIN_Y, RES_M = -4000100.0, 4100100.0, 3.0
 SMALL = dict(width=512, height=384, giants=0)

@@ -17,7 +17,7 @@ from deepseg.run.manifest import fold
 from deepseg.storage.paths import RunPaths
 from deepseg.stores.tile_store import read_tile_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AT = (4096 + 17, 8192 + 9)  # grid (col, row) of the raster's pixel (0, 0)
 SHARDS = 2
 

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from test_errors import assert_one_line_error, run_script
-from test_kea import fixture_path, prob_expected, rgb_expected
 
-from conftest import shared_file, write_experiment, write_raster
+from conftest import assert_one_line_error, run_script, shared_file, write_experiment, write_raster
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.formats import kea, kea_pyramid
@@ -23,6 +21,7 @@ from deepseg.geo.sources import open_inputs, read_box
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
+from kea_helpers import fixture_path, prob_expected, rgb_expected
 
 WEST = [-6000000.0, 4100100.0]  # a grid origin west of the Landsat-7 and Landsat-5 scenes
 # name: (file, grid keys, input keys); every one is warped onto the grid

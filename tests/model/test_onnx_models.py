@@ -14,15 +14,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from model_folders import (
-    known_conv,
-    known_logits,
-    model_folder,
-    onnx_bytes,
-    quarter_steps,
-    refused,
-    torchscript_bytes,
-)
 
 from conftest import MEAN, STD, lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
@@ -32,6 +23,15 @@ from deepseg.model.unet import DeepSegUNet
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
+from model_folders import (
+    known_conv,
+    known_logits,
+    model_folder,
+    onnx_bytes,
+    quarter_steps,
+    refused,
+    torchscript_bytes,
+)
 
 
 def test_onnx_gives_the_exact_logits_of_the_exported_network(tmp_path):

@@ -12,40 +12,16 @@ import h5py
 import numpy as np
 import pytest
 from affine import Affine
-from kea_helpers import WKT_3413, hdf5_type, small_info
 
 from deepseg.formats import kea
+from kea_helpers import WKT_3413, fixture_path, hdf5_type, prob_expected, rgb_expected, small_info
 
-KEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kea"
 RGB_SHA256 = (
     "dd1dfd079020ed2336e6751e6cf9a6fc3dcec96b69d11839519a4436ff3d0ef2",
     "4996e1e28612b6b1cea5f50fbcdd5234f9d50de5a39d15a986afbb60f4a514a5",
     "466c9bfb740db10af7abfeef654c4e174fcd038dfbb6270bb8aefd8ddf138a23",
 )
 PROB_SHA256 = "bf2383558b22db51938424716064e0986b7a83be34e7620de6a22891a6a4abd1"
-
-
-def fixture_path(name: str) -> Path:
-    path = KEA_DIR / name
-    if not path.exists():
-        pytest.skip(
-            f"KEA fixture {path} is absent (../shared/data/kea is not beside this checkout)"
-        )
-    return path
-
-
-def rgb_expected() -> np.ndarray:
-    r, c = np.mgrid[0:600, 0:800]
-    rgb = np.stack([((r * 7 + c * 3 + b * 50) % 251 + 1) for b in range(3)]).astype(np.uint8)
-    rgb[:, :, 780:] = 0
-    return rgb
-
-
-def prob_expected() -> np.ndarray:
-    r, c = np.mgrid[0:300, 0:400]
-    prob = ((r * 400 + c) / 120000.0).astype(np.float32)
-    prob[100:150, 200:300] = -1.0
-    return prob
 
 
 def test_rgb_fixture_header():

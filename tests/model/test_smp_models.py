@@ -8,13 +8,13 @@ import sys
 
 import pytest
 import torch
+
+from deepseg.model.frameworks import read_darts_checkpoint
+from deepseg.model.loading import load_model
 from model_folders import (
     model_folder,
     refused,
 )
-
-from deepseg.model.frameworks import read_darts_checkpoint
-from deepseg.model.loading import load_model
 
 # ---- DARTS-layout checkpoints (framework smp) ------------------------------------------------
 # Key names and shapes as segmentation-models-pytorch 0.6 names them for a Unet whose encoder
