@@ -19,6 +19,9 @@
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=16G
 #SBATCH --output=deepseg-%x-%j.log
+# Two minutes before the time limit Slurm signals this script, which passes it to the running
+# stage: that stage cancels the job arrays it submitted and stops; rerun to continue.
+#SBATCH --signal=B:USR1@120
 set -euo pipefail
 
 die() { echo "DeepSeg.sh: error: $*" >&2; exit 2; }
@@ -39,6 +42,28 @@ ensure_python() {
     # shellcheck source=lib/ensure_venv.sh
     source "$ROOT/lib/ensure_venv.sh"
     deepseg_ensure_venv "$ROOT" || die "installing DeepSeg into $ROOT/.venv failed (see above)"
+}
+
+# Each stage runs in the background, waited for, so a signal reaches it at once (bash runs a
+# trap only after a foreground command ends): TERM and USR1 are passed on; Ctrl-C's SIGINT
+# reaches the stage from the terminal itself.
+stage_pid=0
+pass_on() { if [[ $stage_pid -gt 0 ]]; then kill -s "$1" "$stage_pid" 2>/dev/null || true; fi; }
+trap 'pass_on TERM' TERM
+trap 'pass_on USR1' USR1
+trap ':' INT
+
+run_stage() {  # python ARGS..., waited for through signals; returns its exit status
+    local status
+    python "$@" &
+    stage_pid=$!
+    while :; do
+        status=0
+        wait "$stage_pid" || status=$?
+        kill -0 "$stage_pid" 2>/dev/null || break  # alive (or unreaped): a trap woke the wait
+    done
+    stage_pid=0
+    return "$status"
 }
 
 script_of() {  # the script of a stage name; status 1 for an unknown name
@@ -80,7 +105,7 @@ main() {
         script=$(script_of "$stage")
         echo "=== DeepSeg: $stage ($name) ===" >&2
         start=$SECONDS
-        python "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
+        run_stage "$ROOT/$script" -e "$name" || die "stage $stage failed (exit $?); fix the error above and rerun: finished work is kept"
         echo "=== DeepSeg: $stage done in $((SECONDS - start)) s ===" >&2
     done
     if [[ $report -eq 1 ]]; then

@@ -1,7 +1,8 @@
 """The arguments every command shares, and running one with one-line errors.
 
 A user error (``USER_ERRORS``) prints one line ``deepseg: error: ...`` and exits with status 2;
-Ctrl-C prints how to resume and exits with 130; anything else is a bug and keeps its traceback.
+Ctrl-C, SIGTERM and SIGUSR1 print how to resume and exit with 128 + the signal; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from ..config import ConfigError, Experiment, load_experiment
 from ..core.errors import DeepSegError
 from ..core.progress import setup_logging
+from ..core.stopping import Stopped, exit_status, stop_on_signals
 
 USER_ERRORS = (ConfigError, DeepSegError)  # KeaError and gs:// errors are DeepSegErrors
 
@@ -74,16 +76,19 @@ def with_tile_list(exp: Experiment, tile_list: Path | None) -> Experiment:
 
 
 def guarded(action: Callable[[], Any]) -> Any:
-    """Run ``action``: a user error exits 2 with one line, Ctrl-C exits 130."""
+    """Run ``action``: a user error exits 2 with one line; Ctrl-C exits 130, SIGTERM 143 and
+    SIGUSR1 138 (``core.stopping``), each saying how to resume."""
     try:
-        return action()
+        with stop_on_signals():
+            return action()
     except USER_ERRORS as exc:
         logging.getLogger("deepseg").debug("user error", exc_info=True)
         print(f"deepseg: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("deepseg: interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        what = str(exc) if isinstance(exc, Stopped) else "interrupted"
+        print(f"deepseg: {what}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(exit_status(exc))
 
 
 def run_with_experiment(

@@ -17,19 +17,23 @@ attempts (``running`` records) and the first start. ``write_manifest`` stores th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
+import operator
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..storage.paths import RunPaths, atomic_path, publish
 
+MANIFEST_BATCH = 10_000  # units encoded per json.dumps call when the manifest is written
 PUBLISH_EVERY_S = 30.0  # a gs:// run uploads a worker's journal at most this often (and at end)
 
 Status = Literal["running", "done", "failed"]
@@ -95,9 +99,10 @@ class Journal:
         self._published = time.monotonic()
 
 
-@dataclass
+@dataclass(slots=True)
 class UnitState:
-    """What is known of one unit after folding every journal."""
+    """What is known of one unit after folding every journal (its fields, as they are, are
+    the unit's record in the manifest)."""
 
     unit: str
     status: Status
@@ -117,38 +122,98 @@ class UnitState:
     made_from: str | None = None  # see ``digest``; None for units recovered from disk
 
 
-def _journal_lines(folder: Path) -> Iterable[dict[str, Any]]:
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the last line of a worker killed while writing it
+WHO = ("run", "worker", "host", "slurm_job", "slurm_array_job", "slurm_array_task")
+MANIFEST_FIELDS = tuple(UnitState.__dataclass_fields__)
+
+
+def _journal_records(path: Path) -> list[dict[str, Any]]:
+    """A journal's records: parsed as one JSON array (one C-level parse, not one per line);
+    line by line only when a line is torn (a worker killed while writing it)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.rstrip("\n")
+    try:
+        return json.loads(f"[{lines.replace(chr(10), ',')}]") if lines else []
+    except json.JSONDecodeError:
+        records = []
+        for line in text.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+
+def _fold_journals(journals: Iterable[Path]) -> dict[str, UnitState]:
+    """One pass over every record, in any order: a unit's latest record says who and what
+    (status), its latest done or failed record what it left; ``shared`` keeps one copy of
+    the values many units repeat (run, worker, host, job ids)."""
+    states: dict[str, UnitState] = {}
+    latest: dict[str, str] = {}  # unit -> time of its latest record
+    finished: dict[str, str] = {}  # unit -> time of its latest done or failed record
+    shared: dict[Any, Any] = {}
+    for rec in (r for path in journals for r in _journal_records(path)):
+        unit, time_, status = rec["unit"], rec["time"], rec["status"]
+        state = states.get(unit)
+        if state is None:
+            state = states[unit] = UnitState(unit, status)
+        if time_ >= latest.get(unit, ""):
+            latest[unit], state.status = time_, status
+            for key in WHO:
+                value = rec.get(key)
+                setattr(state, key, shared.setdefault(value, value))
+        if status == "running":
+            state.attempts += 1
+            state.started = max(state.started or "", time_)
+        elif time_ >= finished.get(unit, ""):
+            finished[unit] = time_
+            state.error, state.made_from = rec.get("error"), rec.get("made_from")
+            state.outputs = rec.get("outputs", [])
+            state.counts, state.info = rec.get("counts", {}), rec.get("info", {})
+    for unit, state in states.items():  # a start after the last end: at work, or interrupted
+        end = finished.get(unit)
+        if state.started is not None and (end is None or state.started > end):
+            state.ended, state.error = None, None
+        else:
+            state.ended = end
+    return states
+
+
+_folded: dict[Path, tuple[tuple, dict[str, UnitState]]] = {}  # folder -> (journals' stat, states)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection within the block: folding 10^6 units makes millions of
+    acyclic objects, and each full collection would walk all of them again (twice the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
     """One state per unit from every journal of ``stage`` (in a gs:// run, every worker's,
-    from the bucket): the latest record wins."""
+    from the bucket): the latest record wins. One pass over the records, in any order, in
+    memory per unit, not per record; folded again only when a journal changed (its size or
+    time), so a driver asking many times reads a 10^6-unit stage once. Treat as read-only."""
     folder = paths.local_folder(paths.logs / "manifest" / stage, ".jsonl")
-    states: dict[str, UnitState] = {}
-    for rec in sorted(_journal_lines(folder), key=lambda r: r["time"]):
-        state = states.setdefault(rec["unit"], UnitState(rec["unit"], rec["status"]))
-        state.status = rec["status"]
-        for key in ("run", "worker", "host", "slurm_job", "slurm_array_job", "slurm_array_task"):
-            setattr(state, key, rec.get(key))
-        if rec["status"] == "running":
-            state.attempts += 1
-            state.started = rec["time"]
-            state.ended, state.error = None, None
-        else:
-            state.ended = rec["time"]
-            state.error = rec.get("error")
-            state.outputs = rec.get("outputs", [])
-            state.counts = rec.get("counts", {})
-            state.info = rec.get("info", {})
-            state.made_from = rec.get("made_from")
-    return states
+    journals = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    stats = [(p.name, p.stat()) for p in journals]
+    key = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
+    cached = _folded.get(folder)
+    if cached is None or cached[0] != key:
+        with paused_gc():
+            cached = _folded[folder] = (key, _fold_journals(journals))
+    return dict(cached[1])
+
+
+def journals_digest(paths: RunPaths, stage: str) -> str:
+    """A digest of the journals as ``fold`` last read them (what a manifest was made from)."""
+    folder = paths.local_folder(paths.logs / "manifest" / stage, ".jsonl")
+    return digest(_folded[folder][0]) if folder in _folded else ""
 
 
 def digest(*parts: Any) -> str:
@@ -170,9 +235,27 @@ def unit_names(units: Sequence[str], most: int = 5) -> str:
 
 
 def write_manifest(paths: RunPaths, stage: str, states: dict[str, UnitState]) -> Path:
-    """Store the folded view as ``logs/{stage}_manifest.json``, one record per unit."""
+    """Store the folded view as ``logs/{stage}_manifest.json``, one record per unit; kept as
+    it is when it was written from the same journals (``journals`` in its first line)."""
     target = paths.logs / f"{stage}_manifest.json"
-    body = {"stage": stage, "units": [asdict(states[u]) for u in sorted(states)]}
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
+    made_from = journals_digest(paths, stage)
+    header = f'{{"stage": {json.dumps(stage)}, "journals": "{made_from}", "units": ['
+    if made_from and _first_line(target) == header:
+        return target
+    fields, units = operator.attrgetter(*MANIFEST_FIELDS), sorted(states)
+    with paused_gc(), atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        out.write(header)  # then the units, encoded in batches
+        for start in range(0, len(units), MANIFEST_BATCH):
+            batch = [dict(zip(MANIFEST_FIELDS, fields(states[u]), strict=True))
+                     for u in units[start : start + MANIFEST_BATCH]]  # fmt: skip
+            out.write(("\n" if start == 0 else ",\n") + json.dumps(batch)[1:-1])
+        out.write("\n]}\n")
     return target
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\n")
+    except OSError:
+        return ""

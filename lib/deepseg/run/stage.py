@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ..config import Experiment
 from ..storage.paths import RunPaths
-from .manifest import UnitState, fold
+from .manifest import UnitState, fold, paused_gc
 
 
 @dataclass
@@ -104,14 +104,17 @@ def is_done(
     run_id: str,
     force: bool,
     current: str | None = None,
+    done: Callable[[Path | str], bool] | None = None,
 ) -> bool:
-    """See the module docstring; ``current`` is the unit's ``made_from`` digest today."""
+    """See the module docstring; ``current`` is the unit's ``made_from`` digest today,
+    ``done`` answers whether an output is finished (``paths.done_checker()``)."""
     if is_stale(state, current):
         return False
+    done = done or paths.done_checker()
     if state is not None and state.status == "done" and (not force or state.run == run_id):
-        recorded = all(paths.done(paths.root / out) for out in state.outputs)
-        return recorded and (not state.outputs or all(paths.done(p) for p in expected))
-    return not force and bool(expected) and all(paths.done(p) for p in expected)
+        recorded = all(done(out) for out in state.outputs)  # relative to paths.root
+        return recorded and (not state.outputs or all(done(p) for p in expected))
+    return not force and bool(expected) and all(done(p) for p in expected)
 
 
 def pending_units(
@@ -127,11 +130,15 @@ def pending_units(
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
     current = current or made_from(stage, exp)
-    return [
-        u
-        for u in units
-        if not is_done(states.get(u), stage.expected(exp, u), paths, run_id, force, current(u))
-    ]
+    done = paths.done_checker()
+    with paused_gc():
+        return [
+            u
+            for u in units
+            if not is_done(
+                states.get(u), stage.expected(exp, u), paths, run_id, force, current(u), done
+            )
+        ]
 
 
 def select_shard(units: list[str], shard: tuple[int, int] | None) -> list[str]:

@@ -98,8 +98,8 @@ class VectorizeWorker:
         )
         target = self.paths.pieces / f"{unit}.fgb"
         with atomic_path(target) as tmp:
-            pd.concat([frame, foot], ignore_index=True).to_file(
-                tmp, driver="FlatGeobuf", geometry_type="MultiPolygon"
+            pd.concat([frame, foot], ignore_index=True).to_file(  # layer: not the temp name
+                tmp, layer=unit, driver="FlatGeobuf", geometry_type="MultiPolygon"
             )
         return UnitResult([target], {"pieces": len(frame), "open_pieces": int(frame.open.sum())})
 

@@ -26,12 +26,21 @@ from typing import Any
 import submitit
 
 from ...config import Experiment, SlurmConfig
-from ...core.errors import DeepSegError
+from ...core.errors import DeepSegError, brief
 from ...core.progress import format_seconds, setup_logging
 from ...storage.paths import RunPaths
 from ..manifest import fold
 from ..stage import Stage, pending_units
 from ..work import work
+from .slurm_queue import (
+    CANCEL_WAIT_S,
+    cancel,
+    forget_arrays,
+    in_queue,
+    record_array,
+    recorded_arrays,
+    wait_until_gone,
+)
 
 log = logging.getLogger(__name__)
 MAX_TIMEOUT_REQUEUES = 3  # submitit requeues a task that hit its time limit this often
@@ -122,6 +131,7 @@ def submit_arrays(
             [force] * len(tasks),
         )
         previous = jobs[0].job_id.split("_")[0]
+        record_array(RunPaths.of(exp), stage.name, previous, len(jobs))
         log.info("%s: submitted array %s (%d task(s))", stage.name, previous, len(jobs))
         submitted.extend(zip(jobs, tasks, strict=True))
     return submitted
@@ -178,14 +188,63 @@ def report_tasks(stage: Stage, jobs: list[tuple[submitit.Job, list[str]]]) -> No
 def submit_and_wait(
     stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force: bool
 ) -> None:
-    """Run ``units`` as arrays; resubmit what is unfinished up to ``retries`` times."""
+    """Run ``units`` as arrays; resubmit what is unfinished up to ``retries`` times.
+
+    Arrays of an earlier driver of this stage still in the queue are waited for first, and
+    ``units`` narrowed to what they left undone. Interrupted (Ctrl-C, SIGTERM, SIGUSR1, see
+    ``core.stopping``) or failing, the driver cancels the arrays it submitted and waits until
+    their tasks have left the queue before it raises (see ``slurm_queue``)."""
     todo = list(units)
-    for attempt in range(exp.cluster.slurm.retries + 1):
-        if attempt:
-            log.warning("%s: resubmitting %d unfinished unit(s)", stage.name, len(todo))
-        jobs = submit_arrays(stage, exp, todo, run_id, force)
-        wait_for(stage, exp, jobs, len(todo))
-        report_tasks(stage, jobs)
+    if wait_for_earlier_arrays(stage, exp):
         todo = pending_units(stage, exp, todo, run_id, force)
-        if not todo:
-            return
+    submitted: list[tuple[submitit.Job, list[str]]] = []
+    try:
+        for attempt in range(exp.cluster.slurm.retries + 1):
+            if not todo:
+                break
+            if attempt:
+                log.warning("%s: resubmitting %d unfinished unit(s)", stage.name, len(todo))
+            jobs = submit_arrays(stage, exp, todo, run_id, force)
+            submitted += jobs
+            wait_for(stage, exp, jobs, len(todo))
+            report_tasks(stage, jobs)
+            todo = pending_units(stage, exp, todo, run_id, force)
+    except BaseException as exc:
+        cancel_submitted(stage, exp, submitted, exc)
+        raise
+    forget_arrays(RunPaths.of(exp), stage.name, _arrays_of(submitted))
+
+
+def wait_for_earlier_arrays(stage: Stage, exp: Experiment) -> bool:
+    """Wait until no array recorded for ``stage`` holds a task; True if any did."""
+    paths = RunPaths.of(exp)
+    recorded = recorded_arrays(paths, stage.name)
+    live = in_queue(recorded)
+    if live:
+        wait_until_gone(stage.name, list(live), exp.cluster.slurm.poll_s)
+    forget_arrays(paths, stage.name, recorded)
+    return bool(live)
+
+
+def cancel_submitted(
+    stage: Stage,
+    exp: Experiment,
+    submitted: list[tuple[submitit.Job, list[str]]],
+    why: BaseException,
+) -> None:
+    """``scancel`` this driver's arrays and wait (at most CANCEL_WAIT_S) for them to go."""
+    arrays = _arrays_of(submitted)
+    if not arrays:
+        return
+    log.warning(
+        "%s: %s; cancelling array(s) %s", stage.name, brief(why, named=True), ", ".join(arrays)
+    )
+    cancel(arrays)
+    left = wait_until_gone(stage.name, arrays, min(exp.cluster.slurm.poll_s, 2.0), CANCEL_WAIT_S)
+    if left:
+        log.error("%s: array(s) %s still in the queue after scancel", stage.name, sorted(left))
+    forget_arrays(RunPaths.of(exp), stage.name, set(arrays) - left)
+
+
+def _arrays_of(submitted: list[tuple[submitit.Job, list[str]]]) -> list[str]:
+    return sorted({job.job_id.split("_")[0] for job, _ in submitted})

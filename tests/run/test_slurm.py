@@ -3,10 +3,14 @@ the stages as job arrays, identical to a local run; cancelled, killed and requeu
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from conftest import REPO, lattice_transform, write_experiment, write_model, wri
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.run.executors.slurm import slurm_parameters
+from deepseg.run.executors.slurm_queue import recorded_arrays
 from deepseg.run.manifest import fold
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import STAGE as PREDICT
@@ -29,7 +34,7 @@ from deepseg.storage.paths import RunPaths
 from slurm_cluster import cancel_all_jobs
 
 pytestmark = pytest.mark.slurm
-GOLDEN = Path(__file__).parent / "golden" / "sbatch_predict.txt"
+GOLDEN = REPO / "tests" / "golden" / "sbatch_predict.txt"
 STAGES = ("create_tiles", "predict", "merge", "vectorize")
 
 
@@ -66,6 +71,14 @@ def local_run(folder: Path, model: Path) -> Path:
     return folder / "out" / "merged"
 
 
+@pytest.fixture(scope="module")
+def local_merged(tmp_path_factory) -> dict[str, bytes]:
+    """The merged rasters of the test run with the local executor (what every Slurm run must
+    equal byte for byte), made once for the module."""
+    folder = tmp_path_factory.mktemp("local")
+    return merged_bytes(local_run(folder / "run", write_model(folder / "model")))
+
+
 def merged_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tif"))}
 
@@ -78,12 +91,12 @@ def sacct(job: str, field: str) -> list[str]:
 
 
 def test_sbatch_driver_runs_every_stage_as_arrays_like_a_local_run(
-    slurm_cluster, tmp_path, model_dir
+    slurm_cluster, tmp_path, model_dir, local_merged
 ):
     """sbatch --wait DeepSeg.sh EXPERIMENT: arrays split at max_array_size, every unit once,
     a GPU asked for by predict only, merged rasters byte-identical to the local executor, and
     the job script submitit wrote for a predict array equal to the golden file."""
-    expected = merged_bytes(local_run(tmp_path / "local", model_dir))
+    expected = local_merged
     exp_path = experiment(
         tmp_path / "slurm", model_dir, units_per_task=3, max_array_size=4, gpus_per_node=1,
         extra_sbatch=["--comment=deepseg-golden"], setup=["export DEEPSEG_GOLDEN=1"],
@@ -175,9 +188,9 @@ def task_python_pid(task: str) -> int:
 
 
 def test_cancelled_and_killed_tasks_are_reported_and_a_rerun_completes(
-    slurm_cluster, tmp_path, model_dir
+    slurm_cluster, tmp_path, model_dir, local_merged
 ):
-    expected = merged_bytes(local_run(tmp_path / "local", model_dir))
+    expected = local_merged
     slow = write_model(tmp_path / "slow", Slow())
     folder = tmp_path / "slurm"
     exp = load_experiment(experiment(folder, slow, units_per_task=6))
@@ -219,6 +232,108 @@ def _catch(failure: list[BaseException], stage, exp) -> None:
         stage(exp)
     except BaseException as exc:  # noqa: BLE001 - handed to the test thread
         failure.append(exc)
+
+
+def start_driver(exp_path: Path, log: Path) -> subprocess.Popen:
+    """predict.py as a user starts it, its log in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "predict.py"), "-e", str(exp_path)],
+        stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=REPO,
+    )  # fmt: skip
+
+
+def queue() -> list[str]:
+    return subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True
+    ).stdout.split()
+
+
+def attempts(folder: Path, status: str | None = None) -> dict[str, list[tuple[str, str, str]]]:
+    """Unit -> its predict attempts as (worker, first record time, last record time), from the
+    journals: an attempt is one worker's records of the unit (start, then done or failed);
+    with ``status``, only units with a record of that status."""
+    spans: dict[tuple[str, str], list[str]] = {}
+    for journal in (folder / "out" / "logs" / "manifest" / "predict").glob("*.jsonl"):
+        for line in journal.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            if not record.get("recovered") and status in (None, record["status"]):
+                spans.setdefault((record["unit"], record["worker"]), []).append(record["time"])
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for (unit, worker), times in spans.items():
+        out.setdefault(unit, []).append((worker, min(times), max(times)))
+    return {unit: sorted(a, key=lambda a: a[1]) for unit, a in out.items()}
+
+
+def assert_one_worker_at_a_time(folder: Path) -> None:
+    """No unit was worked on by two tasks at once: each attempt began after the one before it
+    had recorded its last word (its end, or its start when it was killed at work)."""
+    for unit, spans in attempts(folder).items():
+        for (_, _, before_end), (_, start, _) in itertools.pairwise(spans):
+            assert start > before_end, (unit, spans)
+
+
+def test_a_stopped_driver_cancels_its_arrays_and_the_rerun_is_identical(
+    slurm_cluster, tmp_path, model_dir, local_merged
+):
+    """SIGTERM to the driver (as its own time limit sends): it cancels its arrays, waits until
+    none of their tasks is left in the queue, exits 143 with one line; the rerun finishes the
+    stage and the merged rasters equal a local run's."""
+    expected = local_merged
+    folder = tmp_path / "slurm"
+    exp_path = experiment(folder, write_model(tmp_path / "slow", Slow()), units_per_task=6)
+    exp = load_experiment(exp_path)
+    create_tiles(exp)
+    log = tmp_path / "driver.log"
+    driver = start_driver(exp_path, log)
+    wait_until(lambda: 2 <= len(attempts(folder, "done")) < 20, what="predict tasks at work")
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=120) == 143, log.read_text()[-3000:]
+    assert queue() == []  # cancelled, and gone before the driver returned
+    assert log.read_text().strip().splitlines()[-1] == (
+        "deepseg: stopped by SIGTERM; rerun the same command to resume"
+    )
+    assert "cancelling array(s)" in log.read_text()
+    assert recorded_arrays(RunPaths.of(exp), "predict") == []
+    summary = predict(exp)
+    assert summary["done"] == 25 and summary["counts"]["chunks_written"] < 25
+    merge(exp)
+    assert merged_bytes(folder / "out" / "merged") == expected
+    assert_one_worker_at_a_time(folder)
+
+
+def test_a_rerun_waits_for_the_tasks_a_killed_driver_left(slurm_cluster, tmp_path, local_merged):
+    """SIGKILL to the driver leaves its arrays at work; a rerun submits nothing until every
+    task of them has ended (sacct: its arrays were submitted after their last task ended),
+    then does what they left undone (one of them was killed), nothing twice."""
+    expected = local_merged
+    folder = tmp_path / "slurm"
+    exp_path = experiment(folder, write_model(tmp_path / "slow", Slow()), units_per_task=6)
+    exp = load_experiment(exp_path)
+    create_tiles(exp)
+    driver = start_driver(exp_path, tmp_path / "driver.log")
+    killed = wait_until(
+        lambda: next((t for t, n in running_tasks(folder).items() if n >= 2), None),
+        what="a predict task at its second unit",
+    )
+    driver.kill()
+    driver.wait(timeout=30)
+    os.kill(task_python_pid(killed), 9)  # its units are left for the rerun
+    earlier = recorded_arrays(RunPaths.of(exp), "predict")
+    assert len(earlier) == 1 and queue()  # recorded; still at work
+    summary = predict(exp)
+    assert summary["done"] == 25
+    merge(exp)
+    assert merged_bytes(folder / "out" / "merged") == expected
+    states = fold(RunPaths.of(exp), "predict")
+    # the rerun's driver (not a Slurm job) records what a killed task renamed but did not record
+    rerun = {s.slurm_array_job or s.slurm_job for s in states.values()} - {earlier[0], None}
+    assert len(rerun) == 1  # the killed task's units, resubmitted once
+    ended = max(sacct(earlier[0], "End"))
+    assert all(submitted >= ended for submitted in sacct(rerun.pop(), "Submit"))
+    assert_one_worker_at_a_time(folder)
 
 
 def test_forced_requeue_resumes_at_the_first_unfinished_chunk(slurm_cluster, tmp_path):
