@@ -36,13 +36,13 @@ import os
 import secrets
 import shutil
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.progress import progress
+from .mirrors import attach_mirror, covering_mirror
 from .remote import GsUri
 
 if TYPE_CHECKING:
@@ -88,10 +88,9 @@ class RunPaths:
         return m.finished(path) if m is not None else path.exists()
 
     def done_checker(self) -> Callable[[Path | str], bool]:
-        """``done`` for many paths at once (a ``str`` is relative to ``root``): each folder is
-        listed once, the first time one of its files is asked about (one listing, not one
-        stat per file: 10^5 stats on a parallel file system take minutes). A snapshot: files
-        finished later are not seen."""
+        """``done`` for many paths (a ``str`` is relative to ``root``), a snapshot: each folder
+        is listed once, when first asked about (not one stat per file: 10^5 stats on a
+        parallel file system take minutes)."""
         if self.remote is not None:
             return lambda path: self.done(self.root / path if isinstance(path, str) else path)
         root = os.fspath(self.root)
@@ -299,28 +298,3 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-# ---- the mirrors of this process: one per gs:// run folder ---------------------------------
-_mirrors: dict[Path, Mirror] = {}
-_mirrors_lock = threading.Lock()
-
-
-def attach_mirror(root: Path, remote: GsUri) -> Mirror:
-    """The mirror of ``root`` to ``remote`` (one per pair in this process, reused)."""
-    from .mirror import Mirror  # the Google Cloud client loads only for gs:// runs
-
-    with _mirrors_lock:
-        current = _mirrors.get(root)
-        if current is None or current.remote != remote:
-            current = _mirrors[root] = Mirror(root, remote)
-            log.info("outputs go to %s (written first to %s)", remote, root)
-        return current
-
-
-def covering_mirror(path: Path) -> Mirror | None:
-    """The mirror whose root holds ``path``, if any (None in a local run)."""
-    for root, found in list(_mirrors.items()):
-        if path.is_relative_to(root):
-            return found
-    return None
