@@ -178,7 +178,8 @@ def _fold_journals(journals: Iterable[Path]) -> dict[str, UnitState]:
     return states
 
 
-_folded: dict[Path, tuple[tuple, dict[str, UnitState]]] = {}  # folder -> (journals' stat, states)
+# (run folder, stage) -> (the journals' stat when folded, the states)
+_folded: dict[tuple[Path, str], tuple[tuple, dict[str, UnitState]]] = {}
 
 
 @contextlib.contextmanager
@@ -203,17 +204,18 @@ def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
     journals = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     stats = [(p.name, p.stat()) for p in journals]
     key = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
-    cached = _folded.get(folder)
+    cached = _folded.get((paths.root, stage))
     if cached is None or cached[0] != key:
         with paused_gc():
-            cached = _folded[folder] = (key, _fold_journals(journals))
+            cached = _folded[paths.root, stage] = (key, _fold_journals(journals))
     return dict(cached[1])
 
 
 def journals_digest(paths: RunPaths, stage: str) -> str:
-    """A digest of the journals as ``fold`` last read them (what a manifest was made from)."""
-    folder = paths.local_folder(paths.logs / "manifest" / stage, ".jsonl")
-    return digest(_folded[folder][0]) if folder in _folded else ""
+    """A digest of the journals as ``fold`` last read them (what a manifest was made from);
+    asks nothing of the bucket, unlike ``fold``."""
+    cached = _folded.get((paths.root, stage))
+    return digest(cached[0]) if cached is not None else ""
 
 
 def digest(*parts: Any) -> str:

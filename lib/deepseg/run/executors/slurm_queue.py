@@ -51,13 +51,8 @@ def recorded_arrays(paths: RunPaths, stage: str) -> list[str]:
     path = arrays_file(paths, stage)
     if not path.exists():
         return []
-    ids = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            ids.append(str(json.loads(line)["array"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return ids
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [array for array in map(_array_of, lines) if array is not None]
 
 
 def forget_arrays(paths: RunPaths, stage: str, ended: Collection[str]) -> None:
