@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
 from deepseg.geo.grid import PixelBox, TileGrid
-from deepseg.stages.merge import merge, windows
+from deepseg.stages.merge import merge
+from deepseg.stages.merge_bands import windows
 from deepseg.stages.predict import predict
 from deepseg.stages.preview import PeakProbability, PreviewGrid, render, warped_imagery
 from deepseg.stages.tiles import create_tiles

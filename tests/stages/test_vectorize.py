@@ -15,7 +15,8 @@ from rasterio.features import rasterize
 
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
-from deepseg.stages.merge import binary_entropy, merge
+from deepseg.stages.layers import binary_entropy
+from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.stages.vectorize import vectorize

@@ -51,6 +51,7 @@ Formats = _rule(
     "a list of formats from cog|kea that includes cog",
     lambda v: "cog" in v,
 )
+PartPx = _rule(int, "0 or a multiple of 512 (px)", lambda v: v >= 0 and v % 512 == 0)
 NAME = "^[A-Za-z0-9_-]+$"
 RegionName = _rule(
     str, f"a region name matching {NAME} (it becomes a file name)", re.compile(NAME).fullmatch
@@ -129,6 +130,7 @@ class MergeConfig:
     threshold: Probability | Literal["calibrated"] | None = None
     products: tuple[Literal["uncertainty", "scales", "preview"], ...] = ()
     formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
+    part_px: PartPx = 0  # regions taller than this are assembled in row bands by separate tasks
 
 
 @dataclass(frozen=True)

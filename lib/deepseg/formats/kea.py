@@ -167,7 +167,7 @@ def read_window(
     out = np.empty((len(sets), height, width), dtype=sets[0].dtype.newbyteorder("="))
     try:
         for i, (ds, window) in enumerate(zip(sets, windows, strict=True)):
-            out[i] = ds[window]
+            ds.read_direct(out, window, np.s_[i])  # into place: no temporary copy
     except OSError as exc:
         raise kea_error(f, f"cannot read pixels ({exc})") from None
     return out

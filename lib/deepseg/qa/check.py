@@ -43,7 +43,8 @@ from ..geo.tile_list import listed_tiles
 from ..run.manifest import UnitState, fold, now_iso
 from ..run.runlog import update_run_log
 from ..stages.assembly import StoreIndex, regions
-from ..stages.merge import BINARY_NODATA, merge_outputs
+from ..stages.layers import BINARY_NODATA
+from ..stages.merge import merge_outputs
 from ..stages.tiles import tiling_units
 from ..storage.paths import RunPaths, atomic_path
 from ..stores.layout import PROB_NODATA
@@ -156,7 +157,9 @@ def _missing_px(store: Path, window: PixelBox, src: rasterio.DatasetReader, at: 
     if not holes.any():
         return 0
     part = read_prob_window(store, window)
-    return 0 if part is None else int((holes & (part.prob != PROB_NODATA)).sum())
+    if part is None:
+        return 0
+    return int((holes[part.box.slices_in(window)] & (part.prob != PROB_NODATA)).sum())
 
 
 def chunks_missing_from_merged(

@@ -104,13 +104,15 @@ def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.nd
         part = read_prob_window(path, window) if path is not None else None
         if part is None:
             continue
-        hits |= part.hits
+        at = part.box.slices_in(window)
+        hits[at] |= part.hits
         if num is None:
-            np.maximum(prob, part.prob, out=prob)
+            np.maximum(prob[at], part.prob, out=prob[at])
         else:
-            w = part.weight if part.weight is not None else (part.prob != PROB_NODATA) * 1.0
-            num += w * np.where(part.prob == PROB_NODATA, 0.0, part.prob)
-            den += w
+            valid = part.prob != PROB_NODATA
+            w = part.weight if part.weight is not None else valid * np.float32(1)
+            num[at] += w * np.where(valid, part.prob, 0.0)
+            den[at] += w
     if num is not None:
         np.divide(num, den, out=num, where=den > 0)
         prob = np.where(den > 0, num, PROB_NODATA).astype(np.float32)

@@ -66,31 +66,34 @@ def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
 
 @dataclass(frozen=True)
 class ProbWindow:
-    """A probability store's values over a window (grid px): -1 / 0 / 0 outside the store."""
+    """A probability store's values over ``box``: the part of a window it covers (grid px)."""
 
+    box: PixelBox
     prob: np.ndarray  # float32, nodata -1
     hits: np.ndarray  # uint8 scale bits
     weight: np.ndarray | None  # float32 window-weight sums; None for stores merged by max
 
 
 def read_prob_window(path: Path, window: PixelBox) -> ProbWindow | None:
-    """A store's values over ``window``; None when the store does not overlap it."""
+    """A store's values where it overlaps ``window``; None when it does not."""
     with kea.open_kea(path) as (f, info):
         box = read_header(f, info, "probability").box
         part = box.intersection(window)
         if part is None:
             return None
         rows, cols = part.slices_in(box)
-        shape, inner = (window.height, window.width), part.slices_in(window)
-        prob = np.full(shape, PROB_NODATA, dtype=np.float32)
-        hits = np.zeros(shape, dtype=np.uint8)
-        prob[inner] = kea.read_window(f, rows.start, cols.start, part.height, part.width)[0]
-        hits[inner] = f[GROUP]["scale_hits"][rows, cols]
-        weight = None
-        if "weight" in f[GROUP]:
-            weight = np.zeros(shape, dtype=np.float32)
-            weight[inner] = f[GROUP]["weight"][rows, cols]
-    return ProbWindow(prob, hits, weight)
+        prob = kea.read_window(f, rows.start, cols.start, part.height, part.width)[0]
+        group = f[GROUP]
+        hits = _read(group["scale_hits"], rows, cols)
+        weight = _read(group["weight"], rows, cols) if "weight" in group else None
+    return ProbWindow(part, prob, hits, weight)
+
+
+def _read(ds: h5py.Dataset, rows: slice, cols: slice) -> np.ndarray:
+    """``ds[rows, cols]`` read straight into a new native-order array (one copy, not two)."""
+    out = np.empty((rows.stop - rows.start, cols.stop - cols.start), ds.dtype.newbyteorder("="))
+    ds.read_direct(out, np.s_[rows, cols])
+    return out
 
 
 def read_prob_attrs(path: Path) -> dict[str, object]:
