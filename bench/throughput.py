@@ -3,6 +3,8 @@
     python bench/throughput.py [--demo] [--model DIR | --arch unet-resnet34 | deepseg-unet]
         [--modes fp32 fp16 fp16-compile] [--configs s1-none s2-minimal s2-standard]
         [--chunks N] [--chunk-tiles K] [--batch B] [--threads N] [--record]
+    python bench/throughput.py --null-model [--io-workers 0 1 2 4] [--configs s1-none s2-minimal]
+        [--chunks N] [--chunk-tiles 16] [--repeat 1] [--top 10] [--record]
 
 Model-only: the predict worker's own network (same weights, device, batch size, precision,
 channels-last and compile setting as predict.py uses) on random normalized tiles already on
@@ -22,6 +24,24 @@ Runs (``staging``): a synthetic scene of whole chunks (the production grid by de
 with ``--demo`` the demo experiment (its scene, grid, batch size and model; CPU), staged by
 create_tiles once per scale set. GPU utilization: nvidia-smi, every 0.2 s while the stage
 runs. The time of a run on a busy machine varies: every figure is the best of ``--repeat``.
+
+``--null-model``: the ceiling the engine puts on a GPU. The same real predict stage, its
+worker built by PredictWorker (load_model loads the model folder as always), but the loaded
+network is then swapped for ``NullNetwork``, which returns a view of the input's first band as
+the logits (no compute, no copy; the probabilities still vary like the scene, so the
+probability stores compress as real ones do rather than as a constant). What is left is
+reading tile stores, normalizing, cutting, scales and TTA flips, merging tiles into chunk
+probabilities and writing probability stores. For each ``inference.io_workers`` of
+``--io-workers`` and each configuration: tiles/s end to end and steady, the CPU seconds the
+process and its I/O processes spent (getrusage, self + children), the cores that kept busy
+(CPU s / wall s) and tile locations/s per core: tiles/s over the busy cores (= tiles per CPU
+second) and over the machine's cores. Then one run of each configuration under cProfile, its
+reads and writes done inline in the main thread (``InlineIO``; cProfile sees one thread): the
+last configuration's top ``--top`` functions by own time, and each one's ms per tile reading,
+predicting and writing, plus the pickle round trip of a chunk's two stores that io_workers > 0
+adds (``ipc_seconds``). On a CPU machine normalizing, cutting and merging run on the CPU; on
+a GPU machine they run on the device, and only reading, writing and the copies stay on the
+host's cores.
 """
 
 from __future__ import annotations
@@ -71,6 +91,7 @@ ISSUE_TILES = 40_000_000
 RESULTS = REPO / "bench" / "RESULTS.md"
 RATES_MARK = "<!-- throughput "  # bench/project.py reads the rates from this line
 WARMUP_CALLS = 3  # forward calls before timing (torch.compile compiles on the first)
+IO_WORKERS = [0, 1, 2, 4]  # --null-model's default inference.io_workers settings
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -271,20 +292,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--modes", nargs="+", default=["fp32", "fp16", "fp16-compile"][: 3 if gpu else 1]
     )
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        help="default: all; --null-model: s1, s2-minimal",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--chunks", type=int, default=32 if gpu else 4, help="chunks in the run")
-    p.add_argument("--chunk-tiles", type=int, default=16 if gpu else 4)
+    p.add_argument("--chunk-tiles", type=int, help="default: 16 on a GPU or --null-model, else 4")
     p.add_argument("--tile-size", type=int, default=512, help="px")
     p.add_argument("--stride", type=int, default=256, help="px")
     p.add_argument("--batch", type=int, default=32 if gpu else None, help="default: the run's")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    p.add_argument("--repeat", type=int, default=1 if gpu else 3, help="best of N timings")
+    p.add_argument(
+        "--repeat", type=int, help="best of N timings (1 on a GPU or --null-model, else 3)"
+    )
     p.add_argument("--model-seconds", type=float, default=5.0, help="model-only timing, s")
     p.add_argument("--work", type=Path, default=Path("/tmp/deepseg-bench"), help="scratch")
     p.add_argument("--results", type=Path, default=RESULTS, help="where --record appends")
     p.add_argument("--record", action="store_true", help="append the table to --results")
-    return p.parse_args(argv)
+    p.add_argument("--null-model", action="store_true", help="a network that costs nothing")
+    p.add_argument("--io-workers", type=int, nargs="+", default=IO_WORKERS, help="--null-model")
+    p.add_argument("--top", type=int, default=10, help="--null-model: hot spots shown")
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if gpu or args.null_model else 3
+    if args.chunk_tiles is None:
+        args.chunk_tiles = 16 if gpu or args.null_model else 4
+    if args.configs is None:
+        args.configs = ["s1-none", "s2-minimal"] if args.null_model else list(CONFIGS)
+    return args
 
 
 def base_experiment(args: argparse.Namespace) -> Experiment:
@@ -302,6 +340,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Measure every mode x configuration; print (and with --record append) the table."""
     args = parse_args(argv)
     setup_logging()
+    if args.null_model:
+        from null_model import null_main  # it uses this module's stage timing
+
+        return null_main(args, argv)
     load = os.getloadavg()[0]
     torch.set_num_threads(args.threads)  # the same threads for model-only and end-to-end
     base = base_experiment(args)

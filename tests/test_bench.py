@@ -7,6 +7,7 @@ import json
 import re
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import shapely
@@ -15,9 +16,12 @@ from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon
 
 from conftest import REPO, shared_file, write_model
+from deepseg.storage.paths import RunPaths
+from deepseg.stores.tile_store import read_tile_store
 
 sys.path.insert(0, str(REPO / "bench"))
 import project  # noqa: E402
+import stage_ratios  # noqa: E402
 import throughput  # noqa: E402
 
 ORIGIN = (-4000100.0, 4100100.0)
@@ -141,3 +145,62 @@ def test_throughput_runs_the_predict_stage_and_prints_its_table(tmp_path, capsys
     assert f"| tiles (box intersects the domain) | {n_tiles:,} |" in text
     hours = re.findall(r"\| s2-minimal \| [\d,.]+ \| ([\d,.]+) \|", text)
     assert hours == [f"{n_tiles / rows[1]['rate_tiles_s'] / 3600:,.1f}"]
+
+
+def test_stage_ratios_compare_deepseg_and_its_library_on_the_same_work(tmp_path):
+    # vectorize: 2 x 2 chunks, blobs cut by chunk edges; shapes on the region's mask agrees
+    row = stage_ratios.vectorize_case(tmp_path, 4608, 1, profile=False)
+    ours, theirs = row["counts"]
+    assert ours == theirs > 50
+    assert row["areas"][0] == pytest.approx(row["areas"][1], rel=1e-9)
+    # create_tiles: the library's windows hold, pixel for pixel, what the tile stores staged
+    # (aligned), and the default WarpedVRT what DeepSeg's exact warp made (shifted input; the
+    # same CRS, so GDAL's approximate transformer is exact too)
+    grid_keys = {"tile_size": 64, "stride": 32, "chunk_tiles": 2}
+    rows = stage_ratios.tiles_cases(tmp_path, 9, 1, grid_keys, profile=False)  # 2 x 2 windows
+    for case in rows:
+        box = case["box"]
+        staged = np.zeros((3, box.height, box.width), dtype=np.uint8)
+        for path in sorted(case["library_out"].glob("*.h5")):
+            r, c = (int(v[1:]) for v in path.stem.split("_"))
+            with h5py.File(path) as f:
+                bands = np.stack([f[f"band{i}"][()] for i in (1, 2, 3)])
+            staged[:, r : r + bands.shape[1], c : c + bands.shape[2]] = bands
+        stores = RunPaths.of(case["run"]).tile_stores()
+        assert len(stores) == 9 and len(list(case["library_out"].glob("*.h5"))) == 4
+        compared = 0
+        for path in stores:
+            store = read_tile_store(path)
+            inner = store.box.intersection(box)
+            (rs, cs), (rb, cb) = inner.slices_in(store.box), inner.slices_in(box)
+            ours, theirs = store.pixels[:, rs, cs].astype(int), staged[:, rb, cb].astype(int)
+            valid = store.valid[rs, cs]
+            assert valid.mean() > 0.9
+            assert (ours == theirs)[:, valid].all()
+            compared += valid.sum()
+        assert compared >= box.width * box.height * 0.9
+    assert rows[0]["px"] > rows[1]["px"]  # the shifted scene lost its outer ring
+
+
+def test_null_model_runs_the_predict_stage_and_reports_rates_per_core(tmp_path, capsys):
+    results = tmp_path / "RESULTS.md"
+    argv = [
+        "--null-model", "--model", str(write_model(tmp_path / "model")), "--device", "cpu",
+        "--tile-size", "64", "--stride", "32", "--chunk-tiles", "2", "--chunks", "2",
+        "--configs", "s1-none", "--io-workers", "0", "1", "--batch", "3",
+        "--work", str(tmp_path / "work"), "--results", str(results), "--record",
+    ]  # fmt: skip
+    rows = throughput.main(argv)
+    printed = capsys.readouterr().out
+    assert [(r["config"], r["io_workers"], r["tiles"], r["chunks"]) for r in rows] == [
+        ("s1-none", 0, 8, 2),
+        ("s1-none", 1, 8, 2),
+    ]
+    for row in rows:
+        assert row["e2e_tiles_s"] > 0 and row["per_busy_core"] > 0 and row["per_core"] > 0
+        assert row["per_busy_core"] == pytest.approx(row["tiles"] / row["cpu_s"])
+    assert "| config | io_workers | tiles | wall s | end-to-end tiles/s |" in printed
+    assert "| function | calls | own s | share | cumulative s |" in printed
+    assert rows[0]["profile"]["tiles"] == 8
+    text = results.read_text()
+    assert "## Null-model ceiling (" in text and "`python bench/throughput.py --null-model" in text
