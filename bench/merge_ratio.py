@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import os
 import platform
 import sys
@@ -143,6 +144,7 @@ def main() -> None:
                 f"{platform.node()}, {platform.machine()})\n\n`{command}`\n\n"
                 f"{os.cpu_count()} cores, load average {load:.1f} at the end, best of "
                 f"{args.repeat}.\n\n{text}\n"
+                f"\n<!-- cpu_rates {json.dumps({'merge': mpx / merge_s})} -->\n"  # project.py
             )
 
 

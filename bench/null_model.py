@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import json
 import os
 import pickle
 import platform
@@ -278,6 +279,8 @@ def null_main(args: argparse.Namespace, argv: list[str] | None) -> list[dict]:
                 f"{platform.machine()})\n\n"
             )
             fh.write(f"`{command.strip()}`\n\n" + "\n".join(lines) + "\n")
+            cpu = {f"predict_host_{c}": 1000 / h for c, h in host.items()}  # bench/project.py
+            fh.write(f"\n<!-- cpu_rates {json.dumps(cpu)} -->\n")
     for row in rows:
         row["profile"] = profiles[row["config"]]
     return rows

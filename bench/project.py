@@ -18,7 +18,10 @@ its footprint (float32 probability + uint8 scale bits = 5 bytes per pixel). "est
 scale those raw bytes by the file size over the raw band bytes of the demo's stores (the
 stores in ``--stores``, default runs/demo, made there when absent). Files: a tile store, a
 probability store and a pieces file per chunk. Hours: tiles / the end-to-end tiles/s of the
-last table bench/throughput.py recorded in bench/RESULTS.md, or ``--rate``.
+last table bench/throughput.py recorded in bench/RESULTS.md, or ``--rate``. CPU core-hours per
+stage: the chunk cores' pixels (or the tiles) over the one-process rate last recorded for it
+(``cpu_rates`` lines: merge_ratio.py, stage_ratios.py, throughput.py --null-model), and the
+wall time of the whole run on ``--machines`` machines of ``--cores`` cores with a GPU each.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ from deepseg.synthetic.demo import ensure_demo  # noqa: E402
 DOMAIN = REPO.parent / "shared" / "data" / "domain" / "circumpolar_north_domain.geojson"
 RESULTS = REPO / "bench" / "RESULTS.md"
 RATES_MARK = "<!-- throughput "  # the machine-readable line bench/throughput.py records
+CPU_MARK = "<!-- cpu_rates "  # per CPU stage, recorded by merge_ratio, stage_ratios, null_model
+CPU_STAGES = {  # rate key -> (stage, unit of its rate, what the work is counted in)
+    "create_tiles": ("create_tiles (aligned input)", "Mpx/s", "px"),
+    "create_tiles_warped": ("create_tiles (warped input)", "Mpx/s", "px"),
+    "predict_host_s2-minimal": ("predict, host side (s2-minimal)", "tiles/s", "tiles"),
+    "predict_host_s1-none": ("predict, host side (s1-none)", "tiles/s", "tiles"),
+    "merge": ("merge", "Mpx/s", "px"),
+    "vectorize": ("vectorize", "Mpx/s", "px"),
+}
 ISSUE_TILES = 40_000_000  # the whole-Arctic job of the issue
 
 
@@ -176,6 +188,37 @@ def recorded_rates(results: Path) -> list[dict]:
     return [{**row, "device": record["device"], "model": record["model"]} for row in record["rows"]]
 
 
+def recorded_cpu_rates(results: Path) -> dict[str, float]:
+    """Rate per CPU stage (one process), the latest of each ``cpu_rates`` line recorded."""
+    rates: dict[str, float] = {}
+    lines = results.read_text().splitlines() if results.exists() else []
+    for line in (ln for ln in lines if ln.startswith(CPU_MARK)):
+        rates.update(json.loads(line[len(CPU_MARK) : -len("-->")]))
+    return rates
+
+
+def cpu_table(tiles: int, area_px: float, rates: dict, gpu_rate: float | None, args) -> list:
+    """Markdown rows: CPU core-hours per stage at ``rates``, and the run's wall time on
+    ``args.machines`` machines of ``args.cores`` cores and one GPU each."""
+    rows = ["| stage | rate, one process | core-hours |", "|---|---|---|"]
+    core_h = {}
+    for key, (stage, unit, counted) in CPU_STAGES.items():
+        if key in rates:
+            work = tiles if counted == "tiles" else area_px / 1e6
+            core_h[key] = work / rates[key] / 3600
+            rows.append(f"| {stage} | {rates[key]:,.1f} {unit} | {core_h[key]:,.0f} |")
+    cpu_h = sum(core_h.get(k, 0) for k in ("create_tiles", "merge", "vectorize"))
+    cpu_h += core_h.get("predict_host_s2-minimal", 0)
+    n, cores = args.machines, args.cores
+    gpu_h = tiles / gpu_rate / 3600 if gpu_rate else None
+    wall = cpu_h / (n * cores) + (gpu_h / n if gpu_h else 0)
+    gpu_text = f"{gpu_h:,.0f} GPU-hours" if gpu_h else "no GPU rate recorded"
+    rows += ["", f"On {n} machines of {cores} cores and one GPU each: {gpu_text} and "
+             f"{cpu_h:,.0f} CPU core-hours (aligned input, s2-minimal host side) take about "
+             f"**{wall:,.1f} h** of wall time, stages in turn, every core busy."]  # fmt: skip
+    return rows
+
+
 def size_table(
     domain_km2: float, grid: TileGrid, bands: int, tiles: int, chunks: int, ratios: tuple
 ) -> list[str]:
@@ -231,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, help="end-to-end tiles/s (default: bench/RESULTS.md)")
     p.add_argument("--results", type=Path, default=RESULTS, help="rates from, --record to")
     p.add_argument("--record", action="store_true", help="append the tables to --results")
+    p.add_argument("--machines", type=int, default=10, help="for the wall time")
+    p.add_argument("--cores", type=int, default=16, help="per machine, for the wall time")
     return p.parse_args(argv)
 
 
@@ -254,6 +299,11 @@ def main(argv: list[str] | None = None) -> str:
     given = {"device": "given", "model": "-", "mode": "-", "config": "-", "rate_tiles_s": args.rate}
     rates = [given] if args.rate else recorded_rates(args.results)
     hours = hours_table(n_tiles, rates) if rates else ["(no rate: pass --rate or record one)"]
+    spec = [r["rate_tiles_s"] for r in rates if r.get("config") in ("s2-minimal", "-")]
+    area_px = n_chunks * grid.chunk_px**2  # chunk cores: what merge and vectorize cover
+    cpu = cpu_table(
+        n_tiles, area_px, recorded_cpu_rates(args.results), max(spec, default=None), args
+    )
     command = "python bench/project.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join(
         [
@@ -265,6 +315,8 @@ def main(argv: list[str] | None = None) -> str:
             *table,
             "",
             *hours,
+            "",
+            *cpu,
         ]
     )
     print(text)

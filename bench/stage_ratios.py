@@ -29,6 +29,7 @@ import cProfile
 import dataclasses
 import functools
 import io
+import json
 import os
 import platform
 import pstats
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"`{command.strip()}` ({os.cpu_count()} cores, load average {load:.1f} at "
                 f"the start, best of {args.repeat})\n\n{text}\n\n{hot}"
             )
+            keys = ["vectorize", "create_tiles", "create_tiles_warped"]  # rows' order
+            cpu = {k: r["deepseg_mpx_s"] for k, r in zip(keys, rows, strict=True)}
+            fh.write(f"\n<!-- cpu_rates {json.dumps(cpu)} -->\n")  # for bench/project.py
     return rows
 
 

