@@ -39,7 +39,7 @@ from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..core.progress import progress
 from ..geo.grid import PixelBox, TileGrid
-from ..geo.tile_list import listed_tiles
+from ..geo.tile_list import TileList, listed_tiles
 from ..run.manifest import UnitState, fold, now_iso
 from ..run.runlog import update_run_log
 from ..stages.assembly import StoreIndex, regions
@@ -84,13 +84,16 @@ def chunks_not_staged(units: list[str], staged: dict[str, UnitState]) -> list[di
     return found
 
 
-def _staged_ids(paths: RunPaths, unit: str, listed: set[tuple[int, int]] | None) -> list | None:
+def _staged_ids(paths: RunPaths, unit: str, listed: TileList | None) -> list | None:
     """The tiles staged for ``unit`` (in the tile list, if one is set); None: store gone."""
     store = paths.tile_store(unit)
     if not paths.done(store):
         return None
     ids = read_tile_ids(paths.local(store))
-    return sorted(t for t in ids if listed is None or TileGrid.parse_tile_id(t) in listed)
+    if listed is None:
+        return sorted(ids)
+    here = {TileGrid.tile_id(*t) for t in listed.in_chunk(*TileGrid.parse_chunk_id(unit))}
+    return sorted(t for t in ids if t in here)
 
 
 def _chunk_tiles_missing(
@@ -98,7 +101,7 @@ def _chunk_tiles_missing(
     unit: str,
     staged: UnitState,
     predicted: UnitState | None,
-    listed: set[tuple[int, int]] | None,
+    listed: TileList | None,
 ) -> dict[str, Any] | None:
     """The staged tiles of one chunk that predict left out, or None."""
     n_staged = int(staged.counts.get("tiles", 0))

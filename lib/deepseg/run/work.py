@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..config import Experiment
 from ..core.errors import DeepSegError, brief
 from ..core.progress import progress
+from ..storage.partials import sweep_dead_partials
 from ..storage.paths import RunPaths
 from .manifest import Journal, fold
 from .stage import Event, Stage, events, made_from, pending_units
@@ -35,6 +36,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
     if not todo:
         journal.close()
         return 0
+    sweep_dead_partials({p.parent for u in todo for p in stage.expected(exp, u)})
     worker = stage.worker(exp)
     failed = succeeded = 0
     stream = events(worker, todo)

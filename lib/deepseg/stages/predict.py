@@ -13,13 +13,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
-import numpy as np
 import torch
 
 from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..geo.grid import TileGrid
-from ..geo.tile_list import listed_tiles
+from ..geo.tile_list import TileList, listed_tiles
 from ..model.card import WEIGHTS, read_model_card
 from ..model.folder import local_model_dir, model_hashes
 from ..model.inference import BatchSize, predict_chunk
@@ -70,12 +69,9 @@ def _prepare(exp: Experiment) -> None:
     )
 
 
-def only_listed(store: TileStore, listed: set[tuple[int, int]]) -> TileStore:
+def only_listed(store: TileStore, listed: TileList) -> TileStore:
     """The store with its tile table cut to the listed tiles."""
-    keep = np.array(
-        [(c, r) in listed for c, r in zip(store.tiles.col, store.tiles.row, strict=True)],
-        dtype=bool,
-    )
+    keep = listed.contains(store.tiles.col, store.tiles.row)
     table = {f.name: getattr(store.tiles, f.name)[keep] for f in dataclasses.fields(store.tiles)}
     return dataclasses.replace(store, tiles=type(store.tiles)(**table))
 

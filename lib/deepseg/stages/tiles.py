@@ -10,7 +10,6 @@ included, so no pixel is staged four times as with one file per tile.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..geo.grid import PixelBox, TileGrid
 from ..geo.sources import InputRaster, open_inputs, read_box
-from ..geo.tile_list import listed_tiles
+from ..geo.tile_list import TileList, listed_tiles
 from ..model.card import read_model_card
 from ..model.folder import local_model_dir
 from ..run.driver import run
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def candidate_chunks(
-    inputs: list[InputRaster], grid: TileGrid, listed: set[tuple[int, int]] | None
+    inputs: list[InputRaster], grid: TileGrid, listed: TileList | None
 ) -> list[tuple[int, int]]:
     """Chunks holding a tile that overlaps an input's footprint (and is listed, if a list is)."""
     chunks: set[tuple[int, int]] = set()
@@ -46,7 +45,7 @@ def candidate_chunks(
         cols, rows = grid.chunks_touching(raster.box)
         chunks.update((c, r) for r in rows for c in cols)
     if listed is not None:
-        chunks &= {grid.chunk_of_tile(c, r) for c, r in listed}
+        chunks &= listed.chunks()
     return sorted(chunks, key=lambda cr: (cr[1], cr[0]))
 
 
@@ -55,7 +54,7 @@ def chunk_tiles(
     chunk: tuple[int, int],
     box: PixelBox,
     valid: np.ndarray,
-    listed: set[tuple[int, int]] | None,
+    listed: TileList | None,
     over: list[PixelBox] | None = None,
 ) -> tuple[TileTable, int]:
     """The chunk's tiles that touch valid data, with their offsets inside the store ``box``,
@@ -63,8 +62,9 @@ def chunk_tiles(
     tiles overlapping one of the boxes ``over`` (the inputs' footprints, grid pixels)."""
     rows: list[tuple] = []
     no_data = 0
+    here = None if listed is None else set(listed.in_chunk(*chunk))
     for col, row in grid.chunk_tiles_in(*chunk):
-        if listed is not None and (col, row) not in listed:
+        if here is not None and (col, row) not in here:
             continue
         tile = grid.tile_box(col, row)
         fraction = float(valid[tile.slices_in(box)].mean())
@@ -169,9 +169,6 @@ def tiles_made_from(exp: Experiment) -> Callable[[str], str]:
     a tile list out among machines keeps each chunk's digest)."""
     grid = TileGrid.from_experiment(exp)
     listed = listed_tiles(exp, grid)
-    by_chunk: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    for tile in sorted(listed or ()):
-        by_chunk[grid.chunk_of_tile(*tile)].append(tile)
     settings = exp.to_dict()
     inputs = {k: settings["input"][k] for k in ("rasters", "bands", "nodata", "resampling")}
     layout = {k: v for k, v in settings["grid"].items() if k != "tile_list"}
@@ -179,7 +176,7 @@ def tiles_made_from(exp: Experiment) -> Callable[[str], str]:
 
     def made_from(unit: str) -> str:
         chunk = grid.parse_chunk_id(unit)
-        return digest(common, None if listed is None else by_chunk.get(chunk, []))
+        return digest(common, None if listed is None else listed.in_chunk(*chunk))
 
     return made_from
 
