@@ -1,13 +1,15 @@
 """Two CPU stages against what their own library reaches on the same data (issue 16).
 
-    python bench/stage_ratios.py [--size 8192] [--chunks 4] [--repeat 3] [--record]
-                                 [--work /tmp/deepseg-stage-ratios] [--results PATH]
+    python bench/stage_ratios.py [--size 8192] [--chunks 4] [--repeat 3] [--processes N]
+                                 [--record] [--work /tmp/deepseg-stage-ratios] [--results PATH]
 
 - vectorize: the stage (``vectorize(exp, force=True)``: read the probability stores, trace
   every chunk core, join cut pieces, attributes, GeoPackage) on the ``size`` x ``size`` px
   synthetic region of ``merge_memory.write_run``, against ``rasterio.features.shapes``
   (connectivity 4) + shapely geometries + one GeoPackage written by pyogrio, on the same binary
-  mask (the region's probability function at the stores' threshold 0.5, built in memory).
+  mask (the region's probability function at the stores' threshold 0.5, built in memory);
+  with ``--processes`` N > 1 (default: the machine's cores) the stage also runs with
+  ``cluster.local_processes: N`` (spawning them counted), the library still on one core.
 - create_tiles: the stage on a synthetic scene (``staging``: ``chunks`` chunks of the
   production grid, 512 px tiles, stride 256, 16 x 16 tiles a chunk, 3 bands uint8), (a) on the
   grid lattice, against a rasterio windowed read of the file in windows of a tile store's
@@ -109,8 +111,12 @@ def shapes_to_gpkg(mask: np.ndarray, transform, crs: str, target: Path) -> gpd.G
     return frame
 
 
-def vectorize_case(work: Path, size: int, repeat: int, profile: bool = True) -> dict:
+def vectorize_case(
+    work: Path, size: int, repeat: int, profile: bool = True, processes: int = 1
+) -> dict:
     exp = load_experiment(write_run(work / "vectorize" / str(size), size))
+    cluster = dataclasses.replace(exp.cluster, local_processes=processes)
+    exp = dataclasses.replace(exp, cluster=cluster)
     grid = TileGrid.from_experiment(exp)
     transform = grid.transform(PixelBox(ORIGIN_COL, ORIGIN_ROW, ORIGIN_COL + 1, ORIGIN_ROW + 1))
     mask, target = region_mask(size), work / "vectorize" / f"shapes-{size}.gpkg"
@@ -120,13 +126,15 @@ def vectorize_case(work: Path, size: int, repeat: int, profile: bool = True) -> 
     theirs = pyogrio.read_dataframe(target)
     return {
         "stage": "vectorize",
-        "input": f"binary map, {len(ours)} polygons (shapes: {len(theirs)})",
+        "input": f"binary map, {len(ours)} polygons (shapes: {len(theirs)})"
+        + (f", {processes} processes (cluster.local_processes)" if processes > 1 else ""),
+        "rate_key": "vectorize" if processes == 1 else None,
         "px": size * size,
         "deepseg_s": deepseg,
         "library_s": library,
         "areas": (float(ours.area.sum()), float(theirs.area.sum())),
         "counts": (len(ours), len(theirs)),
-        "hot": hot_spots(lambda: vectorize(exp, force=True)) if profile else [],
+        "hot": hot_spots(lambda: vectorize(exp, force=True)) if profile and processes == 1 else [],
     }
 
 
@@ -210,6 +218,7 @@ def tiles_cases(
             {
                 "stage": "create_tiles",
                 "input": name,
+                "rate_key": "create_tiles" if aligned is not None else "create_tiles_warped",
                 "px": where.width * where.height,
                 "deepseg_s": best_of(stage, repeat),
                 "library_s": best_of(library, repeat),
@@ -256,11 +265,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     parser.add_argument("--record", action="store_true", help="append to --results")
     parser.add_argument("--fresh", action="store_true", help="delete --work first")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="also vectorize with cluster.local_processes at this")  # fmt: skip
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
     load = os.getloadavg()[0]
     rows = [vectorize_case(args.work, args.size, args.repeat)]
+    if args.processes > 1:
+        rows.append(vectorize_case(args.work, args.size, args.repeat, False, args.processes))
     rows += tiles_cases(args.work, args.chunks, args.repeat, PRODUCTION_GRID)
     text, hot = table(rows), hot_text(rows)
     print(text + "\n\n" + hot)
@@ -273,8 +286,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"`{command.strip()}` ({os.cpu_count()} cores, load average {load:.1f} at "
                 f"the start, best of {args.repeat})\n\n{text}\n\n{hot}"
             )
-            keys = ["vectorize", "create_tiles", "create_tiles_warped"]  # rows' order
-            cpu = {k: r["deepseg_mpx_s"] for k, r in zip(keys, rows, strict=True)}
+            cpu = {r["rate_key"]: r["deepseg_mpx_s"] for r in rows if r["rate_key"]}
             fh.write(f"\n<!-- cpu_rates {json.dumps(cpu)} -->\n")  # for bench/project.py
     return rows
 

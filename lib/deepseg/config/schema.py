@@ -177,6 +177,7 @@ class ClusterConfig:
     """Where stages run: here (``local``) or as Slurm jobs; ``profile`` as loaded."""
 
     executor: Literal["local", "slurm"] = "local"
+    local_processes: Count = 1  # the local executor's processes for CPU stages
     profile: str | None = None  # a site profile: slurm/NAME.yaml or a path
     slurm: SlurmConfig = SlurmConfig()
 

@@ -25,7 +25,7 @@ from ..stages.assembly import DEFAULT_REGION
 from ..stages.vectorize import LAYER
 from ..storage.paths import RunPaths
 
-STAGES = ("create_tiles", "predict", "merge", "vectorize", "evaluate")
+STAGES = ("create_tiles", "predict", "merge_parts", "merge", "vectorize", "evaluate")
 
 
 def _score(value: float | None) -> str:
