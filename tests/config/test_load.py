@@ -153,7 +153,11 @@ def test_to_dict_is_plain_yaml_that_reloads_to_the_same_experiment(tmp_path, bas
         ),
         (
             {"inference": {"scales": []}},
-            "inference.scales: expected a non-empty list of numbers in",
+            "inference.scales: expected a list of 1 to 7 numbers in (0, 1]",
+        ),
+        (  # a scale-hit bit each: with 8, all hit would read as the scales product's nodata
+            {"inference": {"scales": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]}},
+            "inference.scales: expected a list of 1 to 7 numbers in (0, 1] (a scale-hit bit",
         ),
         ({"input": {"bands": [1, 0]}}, "input.bands[1]: expected an integer >= 1, got 0"),
         (

@@ -42,7 +42,14 @@ Scale = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Probability = _rule(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 IoU = _rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 Bands = _rule(tuple[Count, ...], "a non-empty list of band numbers (1-based)", bool)
-Scales = _rule(tuple[Scale, ...], "a non-empty list of numbers in (0, 1]", bool)
+# a scale-hit bit each in one uint8 per pixel, where merge's scales product keeps 255 for nodata
+MAX_SCALES = 7
+Scales = _rule(
+    tuple[Scale, ...],
+    f"a list of 1 to {MAX_SCALES} numbers in (0, 1] (a scale-hit bit each in a uint8, 255 "
+    "meaning nodata)",
+    lambda v: 0 < len(v) <= MAX_SCALES,
+)
 Location = GsUri | Path  # a local path, or gs://bucket/path
 Rasters = _rule(tuple[Location, ...], "at least one raster file or glob", bool)
 ModelDir = _rule(Location, "a model folder (" + ", ".join(MODEL_FILES) + ")", bool)
