@@ -66,6 +66,20 @@ def test_a_list_without_the_header_is_refused(tmp_path):
     path.write_text("id,minx\nc1_r1,0\n")
     with pytest.raises(DeepSegError, match=r"t\.csv:1: grid\.tile_list: expected the header"):
         tile_list.read_tile_list(path, GRID)
+    path.write_text("")
+    with pytest.raises(DeepSegError, match=r"t\.csv: grid\.tile_list is empty; expected the head"):
+        tile_list.read_tile_list(path, GRID)
+    path.write_text("tile_id,minx,miny,maxx,maxy\n")  # no tile: a run of nothing
+    assert len(tile_list.read_tile_list(path, GRID)) == 0
+
+
+def test_bounds_that_are_not_numbers_are_named_by_their_line(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [(1, 1), (2, 2), (3, 3)])
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",north"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DeepSegError, match=r"t\.csv:4: grid\.tile_list: expected"):
+        tile_list.read_tile_list(path, GRID)
 
 
 def one_row(path, tile_id, tile=(1, 2)):

@@ -32,7 +32,7 @@ class TileList:
     def __init__(self, keys: np.ndarray, chunk_tiles: int) -> None:
         """``keys``: ``col << 32 | row`` per listed tile, in any order, repeats allowed."""
         keys = np.sort(keys)
-        keys = keys[np.append(True, keys[1:] != keys[:-1])]  # unique: faster than np.unique
+        keys = keys[np.append(True, keys[1:] != keys[:-1])[: len(keys)]]  # faster than unique
         cols, rows = keys >> 32, keys & 0xFFFFFFFF
         chunk = _key(cols // chunk_tiles, rows // chunk_tiles)
         order = np.lexsort((keys, chunk))
@@ -82,7 +82,11 @@ def _blocks(path: Path) -> Iterator[pd.DataFrame]:
                                skipinitialspace=True)  # fmt: skip
     except (OSError, UnicodeDecodeError) as exc:
         raise DeepSegError(f"{path}: cannot read the tile list ({exc})") from exc
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except pd.errors.EmptyDataError:
+        raise DeepSegError(
+            f"{path}: grid.tile_list is empty; expected the header {','.join(COLUMNS)}"
+        ) from None
+    except (ValueError, pd.errors.ParserError) as exc:
         raise DeepSegError(
             f"{path}:{_first_bad_line(path)}: grid.tile_list: expected {','.join(COLUMNS)} "
             f"with an id like c012345_r006789 and numbers ({exc})"
