@@ -60,7 +60,7 @@ def test_banded_merge_is_byte_identical_to_one_task(tmp_path, model_dir, method)
     assert sorted(parts) == ["all.part0000", "all.part0001", "all.part0002"]
     assert all(r["status"] == "done" for r in parts.values())
     assert merged_bytes(banded) == whole
-    assert not (RunPaths.of(exp).merged / "parts" / "all").exists()  # removed once read
+    assert not (RunPaths.of(exp).merged / "parts").exists()  # removed once read
 
     again = merge(banded)  # nothing to redo: no band, and part_px changes no byte
     assert again["skipped"] == again["units"] == 1

@@ -157,3 +157,9 @@ def main(argv: list[str] | None = None, prog: str = "deepseg") -> Any:
         _fill(commands.add_parser(name, help=command.help, description=command.help), command)
     args = vars(parser.parse_args(argv))
     return _run(COMMANDS[args.pop("command")], args)
+
+
+def console_script() -> None:
+    """The ``deepseg`` console script: ``main`` with exit status 0 on success (a returned
+    summary would be taken for an error status); errors exit 2 from ``main`` itself."""
+    main()

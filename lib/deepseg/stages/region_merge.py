@@ -4,6 +4,7 @@ and preview read back from the VRTs (see ``merge`` for the files, ``merge_bands`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -131,6 +132,8 @@ def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
             path.unlink(missing_ok=True)
     if len(bands(box, exp.merge.part_px)) > 1:
         shutil.rmtree(parts_folder(paths, region), ignore_errors=True)  # read once; they are big
+        with contextlib.suppress(OSError):  # merged/parts/ too, once no region has bands there
+            parts_folder(paths, region).parent.rmdir()
 
 
 def _kea_and_preview(exp: Experiment, merger: RegionMerger, region: str, vrts: dict) -> None:

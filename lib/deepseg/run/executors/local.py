@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from collections.abc import Sequence
 
 import cloudpickle
@@ -24,6 +25,9 @@ def processes_for(stage: Stage, exp: Experiment, units: Sequence[str]) -> int:
 
 
 def _start_process(level: int) -> None:
+    # Ctrl-C reaches the whole process group: the driver alone handles it (and terminates
+    # the processes), so no process prints its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(verbose=level <= logging.DEBUG)
 
 
