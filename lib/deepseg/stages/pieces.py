@@ -100,3 +100,29 @@ def chunk_footprint(prob: np.ndarray, core: PixelBox, grid: TileGrid) -> shapely
     if valid.all():
         return to_map(np.array([shapely.box(core.col0, core.row0, core.col1, core.row1)]), grid)[0]
     return to_map(np.array([shapely.union_all(_trace(valid, core))]), grid)[0]
+
+
+def tile_ids(geoms: np.ndarray, grid: TileGrid) -> list[str]:
+    """Per polygon (map coordinates), the ids of the grid tiles whose area it overlaps (a shared
+    edge is not), comma-separated: every (polygon, candidate tile) pair is tested at once."""
+    if len(geoms) == 0:
+        return []
+    res, s, t, eps = grid.resolution, grid.stride, grid.tile_size, 1e-6
+    ox, oy = grid.origin_x, grid.origin_y
+    b = shapely.bounds(geoms).reshape(-1, 4)
+    first = np.floor(np.column_stack([b[:, 0] - ox, oy - b[:, 3]]) / res + eps).astype(np.int64)
+    last = np.ceil(np.column_stack([b[:, 2] - ox, oy - b[:, 1]]) / res - eps).astype(np.int64)
+    lo = np.maximum(0, -((t - first - 1) // s))  # as grid.tiles_touching(box_of_bounds(...))
+    count = np.maximum(0, (last - 1) // s + 1 - lo)  # tiles across, down
+    per = count[:, 0] * count[:, 1]
+    g = np.repeat(np.arange(len(geoms)), per)  # rows outer, columns inner, as tiles_touching
+    k = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
+    cols, rows = lo[g, 0] + k % count[g, 0], lo[g, 1] + k // count[g, 0]
+    x0, x1 = ox + (cols * s) * res, ox + (cols * s + t) * res  # as grid.bounds(tile_box(...))
+    y0, y1 = oy - (rows * s + t) * res, oy - (rows * s) * res
+    boxes = shapely.box(x0, y0, x1, y1)
+    hit = shapely.intersects(geoms[g], boxes) & ~shapely.touches(geoms[g], boxes)
+    pairs = zip(cols[hit].tolist(), rows[hit].tolist(), strict=True)
+    ids = np.array([grid.tile_id(c, r) for c, r in pairs], dtype=object)
+    cuts = np.cumsum(np.bincount(g[hit], minlength=len(geoms)))[:-1]
+    return [",".join(part) for part in np.split(ids, cuts)]

@@ -37,7 +37,7 @@ from ..run.runlog import update_run_log
 from ..run.stage import Stage, UnitResult
 from ..storage.paths import RunPaths, atomic_path
 from .assembly import DEFAULT_REGION, StoreIndex, assemble, check_predicted, regions
-from .pieces import chunk_footprint, chunk_pieces
+from .pieces import chunk_footprint, chunk_pieces, tile_ids
 
 log = logging.getLogger(__name__)
 LAYER, FOOTPRINTS = "rts_predictions", "footprints"
@@ -154,20 +154,6 @@ def join_open(pieces: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     ends = np.searchsorted(groups.group.to_numpy()[order], sums.index.to_numpy(), side="right")
     unions = [shapely.union_all(part) for part in np.split(geoms[order], ends[:-1])]
     return gpd.GeoDataFrame(sums.reset_index(drop=True), geometry=unions, crs=pieces.crs)
-
-
-def tile_ids(geoms: np.ndarray, grid: TileGrid) -> list[str]:
-    """Per polygon, the ids of the grid tiles whose area it overlaps (a shared edge is not)."""
-    out = []
-    for geom in geoms:
-        cols, rows = grid.tiles_touching(grid.box_of_bounds(geom.bounds))
-        tiles = [(c, r) for r in rows for c in cols]
-        boxes = shapely.box(*np.array([grid.bounds(grid.tile_box(c, r)) for c, r in tiles]).T)
-        inside = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
-        out.append(
-            ",".join(grid.tile_id(c, r) for (c, r), hit in zip(tiles, inside, strict=True) if hit)
-        )
-    return out
 
 
 def assign_regions(geoms: np.ndarray, boxes: dict[str, shapely.Geometry]) -> np.ndarray:
