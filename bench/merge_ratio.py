@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "lib"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from merge_memory import write_run  # noqa: E402
+from stage_ratios import best_of  # noqa: E402
 
 from deepseg.config import load_experiment  # noqa: E402
 from deepseg.run.manifest import fold  # noqa: E402
@@ -45,22 +46,10 @@ from deepseg.storage.paths import RunPaths  # noqa: E402
 iso = dt.datetime.fromisoformat
 
 
-def best(seconds: list[float]) -> float:
-    return min(seconds)
-
-
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return best(times)
-
-
-def gdal_cogs(exp, folder: Path) -> None:
-    """The region's merged prob and binary rasters, in memory, copied into COGs."""
-    paths = RunPaths.of(exp)
+def gdal_cogs(exp, folder: Path) -> float:
+    """The region's merged prob and binary rasters, in memory, copied into COGs: the seconds
+    of the two copies (loading the arrays not counted)."""
+    paths, seconds = RunPaths.of(exp), 0.0
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         for name in ("prob", "binary"):
             with rasterio.open(paths.region_layer("all", name)) as src:
@@ -71,20 +60,14 @@ def gdal_cogs(exp, folder: Path) -> None:
                 del array
                 start = time.perf_counter()
                 write_cog(mem, folder / f"{name}.tif", LAYERS[name])
-                gdal_cogs.seconds[name] = time.perf_counter() - start
-
-
-gdal_cogs.seconds = {}
+                seconds += time.perf_counter() - start
+    return seconds
 
 
 def gdal_time(exp, repeat: int) -> float:
     """Best total time of GDAL's two COG copies (the arrays' loading not counted)."""
-    totals = []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeat):
-            gdal_cogs(exp, Path(tmp))
-            totals.append(sum(gdal_cogs.seconds.values()))
-    return best(totals)
+        return min(gdal_cogs(exp, Path(tmp)) for _ in range(repeat))
 
 
 def banded_times(exp, part_px: int, repeat: int) -> tuple[float, float, int]:
@@ -101,7 +84,7 @@ def banded_times(exp, part_px: int, repeat: int) -> tuple[float, float, int]:
         count = len(spans)
         slowest.append(max(spans))
         assembly.append(total - sum(spans))
-    return best(slowest), best(assembly), count
+    return min(slowest), min(assembly), count
 
 
 def main() -> None:
@@ -114,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     exp = load_experiment(write_run(args.work / str(args.size), args.size))
     mpx = args.size * args.size / 1e6
-    merge_s = timed(lambda: merge(exp, force=True), args.repeat)
+    merge_s = best_of(lambda: merge(exp, force=True), args.repeat)
     gdal_s = gdal_time(exp, args.repeat)
     rows = [
         "| what | Mpx | seconds | Mpx/s |",

@@ -26,7 +26,15 @@ from ..storage.paths import RunPaths, atomic_path, partial_path
 from . import preview
 from .assembly import StoreIndex, regions
 from .layers import LAYERS, Layer, layer_names
-from .merge_bands import bands, part_files, parts_folder, windows, write_band, write_vrt
+from .merge_bands import (
+    BLOCK_PX,
+    bands,
+    part_files,
+    parts_folder,
+    windows,
+    write_band,
+    write_vrt,
+)
 
 log = logging.getLogger(__name__)
 GDAL_CACHE_MB = 512
@@ -54,7 +62,7 @@ def write_cog(src: Path, target: Path, layer: Layer) -> None:
             driver="COG",
             COMPRESS="LZW",
             PREDICTOR=layer.predictor,
-            BLOCKSIZE=512,
+            BLOCKSIZE=BLOCK_PX,
             OVERVIEWS="IGNORE_EXISTING",
             OVERVIEW_RESAMPLING=layer.resampling,
             BIGTIFF="IF_SAFER",
@@ -83,13 +91,16 @@ def _open_kea_mosaics(
 
 
 def _staged_bands(
-    exp: Experiment, merger: RegionMerger, region: str, temporary: list[Path]
+    exp: Experiment,
+    merger: RegionMerger,
+    region: str,
+    band_boxes: list[PixelBox],
+    temporary: list[Path],
 ) -> list[list[Path]]:
-    """Per layer, the staging files of the region's bands (local copies): written here to
-    temporary files (listed in ``temporary``) for a region of one band, else the parts stage
-    ``merge_parts`` wrote."""
+    """Per layer, the staging files of the region's ``band_boxes`` (local copies): written
+    here to temporary files (listed in ``temporary``) for a region of one band, else the parts
+    stage ``merge_parts`` wrote."""
     paths, names, box = RunPaths.of(exp), layer_names(exp), merger.boxes[region]
-    band_boxes = bands(box, exp.merge.part_px)
     if len(band_boxes) == 1:
         stem = [paths.region_layer(region, n).with_suffix(".stage.tif") for n in names]
         files = [partial_path(f) for f in stem]
@@ -113,24 +124,24 @@ def _staged_bands(
 def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
     """Write every layer of ``region`` from its staged bands, then its KEA files and preview."""
     paths, names, box = RunPaths.of(exp), layer_names(exp), merger.boxes[region]
+    band_boxes = bands(box, exp.merge.part_px)
     paths.merged.mkdir(parents=True, exist_ok=True)
     temporary: list[Path] = []
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            staged = _staged_bands(exp, merger, region, temporary)
+            staged = _staged_bands(exp, merger, region, band_boxes, temporary)
             vrts = {}
             for name, files in zip(names, staged, strict=True):
                 target, layer = paths.region_layer(region, name), LAYERS[name]
                 vrts[name] = partial_path(target.with_suffix(".vrt"))
                 temporary.append(vrts[name])
-                band_boxes = bands(box, exp.merge.part_px)
                 write_vrt(vrts[name], merger.grid, exp.crs, box, layer, band_boxes, files)
                 write_cog(vrts[name], target, layer)
             _kea_and_preview(exp, merger, region, vrts)
     finally:
         for path in temporary:
             path.unlink(missing_ok=True)
-    if len(bands(box, exp.merge.part_px)) > 1:
+    if len(band_boxes) > 1:
         shutil.rmtree(parts_folder(paths, region), ignore_errors=True)  # read once; they are big
         with contextlib.suppress(OSError):  # merged/parts/ too, once no region has bands there
             parts_folder(paths, region).parent.rmdir()
