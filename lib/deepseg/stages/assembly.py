@@ -21,7 +21,7 @@ from ..geo.grid import PixelBox, TileGrid
 from ..run.manifest import fold, unit_names
 from ..storage.paths import RunPaths
 from ..stores.layout import PROB_NODATA
-from ..stores.prob_store import read_prob_attrs, read_prob_window
+from ..stores.prob_store import ProbWindow, read_prob_attrs, read_prob_window
 
 DEFAULT_REGION = "all"
 log = logging.getLogger(__name__)
@@ -73,6 +73,12 @@ class StoreIndex:
             )
         return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop())
 
+    def paths_touching(self, grid: TileGrid, window: PixelBox) -> list[Path]:
+        """The stores of the chunks whose footprint may reach ``window``, in raster order."""
+        ccols, crows = grid.chunks_touching(window)
+        chunks = ((c, r) for r in crows for c in ccols)
+        return [self.paths[chunk] for chunk in chunks if chunk in self.paths]
+
     def extent(self) -> PixelBox:
         """The smallest box holding every predicted pixel."""
         boxes = [b for b in self.valid_boxes.values() if b.width > 0]
@@ -91,32 +97,46 @@ def regions(exp: Experiment, grid: TileGrid, index: StoreIndex) -> dict[str, Pix
     return {DEFAULT_REGION: index.extent()}
 
 
+class Fusion:
+    """Stores' values fused over one window (grid px): their maximum, or for ``sinusoidal``
+    stores their mean weighted by each one's window-weight sum (float64 sums)."""
+
+    def __init__(self, window: PixelBox, merge_method: str) -> None:
+        shape = (window.height, window.width)
+        self.window = window
+        self.prob = np.full(shape, PROB_NODATA, dtype=np.float32)
+        self.hits = np.zeros(shape, dtype=np.uint8)
+        self.num = np.zeros(shape, dtype=np.float64) if merge_method == "sinusoidal" else None
+        self.den = np.zeros(shape, dtype=np.float64) if self.num is not None else None
+
+    def add(self, part: ProbWindow) -> None:
+        """Fold in one store's values over ``part.box`` (inside the window)."""
+        at = part.box.slices_in(self.window)
+        self.hits[at] |= part.hits
+        if self.num is None:
+            np.maximum(self.prob[at], part.prob, out=self.prob[at])
+            return
+        valid = part.prob != PROB_NODATA
+        w = part.weight if part.weight is not None else valid * np.float32(1)
+        self.num[at] += w * np.where(valid, part.prob, 0.0)
+        self.den[at] += w
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fused probability (float32, nodata -1) and OR-ed scale bits over the window."""
+        if self.num is None:
+            return self.prob, self.hits
+        np.divide(self.num, self.den, out=self.num, where=self.den > 0)
+        return np.where(self.den > 0, self.num, PROB_NODATA).astype(np.float32), self.hits
+
+
 def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.ndarray, np.ndarray]:
     """Fused probability (nodata -1) and scale bits over ``window`` from the stores reaching it."""
-    shape = (window.height, window.width)
-    prob = np.full(shape, PROB_NODATA, dtype=np.float32)
-    hits = np.zeros(shape, dtype=np.uint8)
-    num = np.zeros(shape, dtype=np.float64) if index.merge_method == "sinusoidal" else None
-    den = np.zeros(shape, dtype=np.float64) if num is not None else None
-    ccols, crows = grid.chunks_touching(window)
-    for chunk in ((c, r) for r in crows for c in ccols):
-        path = index.paths.get(chunk)
-        part = read_prob_window(path, window) if path is not None else None
-        if part is None:
-            continue
-        at = part.box.slices_in(window)
-        hits[at] |= part.hits
-        if num is None:
-            np.maximum(prob[at], part.prob, out=prob[at])
-        else:
-            valid = part.prob != PROB_NODATA
-            w = part.weight if part.weight is not None else valid * np.float32(1)
-            num[at] += w * np.where(valid, part.prob, 0.0)
-            den[at] += w
-    if num is not None:
-        np.divide(num, den, out=num, where=den > 0)
-        prob = np.where(den > 0, num, PROB_NODATA).astype(np.float32)
-    return prob, hits
+    fusion = Fusion(window, index.merge_method)
+    for path in index.paths_touching(grid, window):
+        part = read_prob_window(path, window)
+        if part is not None:
+            fusion.add(part)
+    return fusion.result()
 
 
 def check_predicted(exp: Experiment) -> None:

@@ -5,7 +5,10 @@ edges. Pieces are traced in *global grid pixel* coordinates (integers, exact) an
 map coordinates (``crs`` units) by one formula, ``x = origin_x + col * res``,
 ``y = origin_y - row * res``, so a pixel corner shared by two chunks gets bit-identical
 coordinates in both and pieces cut by a core edge join without slivers. A piece touching its
-core's edge is *open* (it may continue next door); ``vectorize`` joins open pieces.
+core's edge is *open* (it may continue next door); ``vectorize`` joins open pieces. Each
+group of hot blocks (``hot_blocks``) is traced on the box of its on pixels, so tracing costs
+what the detections cost; pieces are listed in the order of their first pixels, which makes
+the list independent of how the core was traced.
 
 Per piece: ``n_px`` (pixels), ``sum_prob``/``max_prob`` (fused probability over them),
 ``scale_bits`` (OR of the scale-hit bits), ``first_row``/``first_col`` (its first pixel in
@@ -23,6 +26,9 @@ from shapely.geometry import shape
 
 from ..geo.grid import PixelBox, TileGrid
 from ..stores.layout import PROB_NODATA
+from .hot_blocks import CoreMap, block_components
+
+SUM_KEYS = ("n_px", "sum_prob", "max_prob", "scale_bits", "first_row", "first_col")
 
 
 def to_map(geoms: np.ndarray, grid: TileGrid) -> np.ndarray:
@@ -72,29 +78,63 @@ def _sums(labels: np.ndarray, on: np.ndarray, prob: np.ndarray, hits: np.ndarray
     }
 
 
-def chunk_pieces(
-    prob: np.ndarray, hits: np.ndarray, core: PixelBox, grid: TileGrid, threshold: float, crs: str
-) -> gpd.GeoDataFrame:
-    """The pieces of one core (``prob``/``hits`` cover ``core``; nodata -1), map coordinates."""
-    on = (prob >= threshold) & (prob != PROB_NODATA)
-    geoms = _trace(on, core)
-    n = len(geoms)
-    sums = _sums(_labels(geoms, core), on, prob, hits, n)
-    sums["first_row"] = sums["first_row"] + core.row0
-    sums["first_col"] = sums["first_col"] + core.col0
-    bounds = shapely.bounds(np.array(geoms, dtype=object)) if n else np.zeros((0, 4))
-    sums["open"] = (
+def chunk_pieces(core_map: CoreMap, grid: TileGrid, threshold: float, crs: str) -> gpd.GeoDataFrame:
+    """The pieces of one core (``core_map`` covers it), map coordinates, in the order of their
+    first pixels. Each group of hot blocks is traced on its own box (see ``hot_blocks``)."""
+    m, core = core_map, core_map.window
+    on = (m.prob >= threshold) & (m.prob != PROB_NODATA)
+    geoms, sums = [], []
+    for rows, cols, group in block_components(m.hot):
+        b = m.block
+        box = PixelBox(
+            core.col0 + cols.start * b,
+            core.row0 + rows.start * b,
+            min(core.col1, core.col0 + cols.stop * b),
+            min(core.row1, core.row0 + rows.stop * b),
+        )
+        here = on[box.slices_in(core)]
+        here = here & np.repeat(np.repeat(group, b, 0), b, 1)[: box.height, : box.width]
+        box, here = _crop(box, here)  # tracing costs the pixels it scans
+        if box is None:
+            continue
+        traced, at = _trace(here, box), box.slices_in(core)
+        labels = here.view(np.uint8) if len(traced) == 1 else _labels(traced, box)
+        part = _sums(labels, here, m.prob[at], m.hits[at], len(traced))
+        part["first_row"] += box.row0
+        part["first_col"] += box.col0
+        geoms += traced
+        sums.append(part)
+    table = {k: np.concatenate([p[k] for p in sums]) for k in sums[0]} if sums else _no_sums()
+    order = np.lexsort((table["first_col"], table["first_row"]))
+    table = {k: v[order] for k, v in table.items()}
+    geoms = np.array(geoms, dtype=object)[order] if geoms else np.zeros(0, dtype=object)
+    bounds = shapely.bounds(geoms) if len(geoms) else np.zeros((0, 4))
+    table["open"] = (
         (bounds[:, 0] <= core.col0)
         | (bounds[:, 1] <= core.row0)
         | (bounds[:, 2] >= core.col1)
         | (bounds[:, 3] >= core.row1)
     )
-    return gpd.GeoDataFrame(sums, geometry=to_map(np.array(geoms, dtype=object), grid), crs=crs)
+    return gpd.GeoDataFrame(table, geometry=to_map(geoms, grid), crs=crs)
 
 
-def chunk_footprint(prob: np.ndarray, core: PixelBox, grid: TileGrid) -> shapely.Geometry | None:
+def _crop(box: PixelBox, mask: np.ndarray) -> tuple[PixelBox | None, np.ndarray]:
+    """The smallest box (and ``mask`` over it) holding ``mask``'s True pixels; None if none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None, mask
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    inner = PixelBox(box.col0 + c0, box.row0 + r0, box.col0 + c1, box.row0 + r1)
+    return inner, mask[r0:r1, c0:c1]
+
+
+def _no_sums() -> dict:
+    ints = ("n_px", "scale_bits", "first_row", "first_col")
+    return {k: np.zeros(0, np.int64 if k in ints else np.float64) for k in SUM_KEYS}
+
+
+def chunk_footprint(valid: np.ndarray, core: PixelBox, grid: TileGrid) -> shapely.Geometry | None:
     """The core's valid (predicted) pixels as one (multi)polygon in map coordinates, or None."""
-    valid = prob != PROB_NODATA
     if not valid.any():
         return None
     if valid.all():

@@ -4,6 +4,7 @@ Units are chunk cores holding predictions. Each writes its polygon pieces (see `
 and its footprint to ``vectors/pieces/{chunk}.fgb``; ``gather`` then streams the closed
 pieces to ``vectors/rts_predictions.gpkg`` and joins the open ones (cut by a core edge) into
 one polygon each (an edge joins them, a corner does not). Memory: a chunk or the open pieces.
+Only a core's hot blocks are read and traced (``hot_blocks``).
 
 Attributes, measured in ``crs`` (EPSG:3413 metres by default) before simplification:
 ``rts_id`` (``rts_{col}_{row}``, the object's first pixel in raster order, global grid
@@ -36,7 +37,8 @@ from ..run.manifest import digest, done_runs
 from ..run.runlog import update_run_log
 from ..run.stage import Stage, UnitResult
 from ..storage.paths import RunPaths, atomic_path
-from .assembly import DEFAULT_REGION, StoreIndex, assemble, check_predicted, regions
+from .assembly import DEFAULT_REGION, StoreIndex, check_predicted, regions
+from .hot_blocks import assemble_hot
 from .pieces import chunk_footprint, chunk_pieces, tile_ids
 
 log = logging.getLogger(__name__)
@@ -84,11 +86,11 @@ class VectorizeWorker:
 
     def run(self, unit: str) -> UnitResult:
         core = self.grid.chunk_core(*TileGrid.parse_chunk_id(unit))
-        prob, hits = assemble(self.grid, self.index, core)
-        footprint = chunk_footprint(prob, core, self.grid)
+        core_map = assemble_hot(self.grid, self.index, core, self.threshold)
+        footprint = chunk_footprint(core_map.valid, core, self.grid)
         if footprint is None:
             return UnitResult([], {"pieces": 0})
-        frame = chunk_pieces(prob, hits, core, self.grid, self.threshold, self.exp.crs)
+        frame = chunk_pieces(core_map, self.grid, self.threshold, self.exp.crs)
         frame["kind"] = "piece"
         # typed values in the footprint row too, so no column is written as text or float
         values = {c: pd.Series([0], dtype=t) for c, t in PIECE_TYPES.items()}

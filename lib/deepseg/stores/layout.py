@@ -25,7 +25,14 @@ band "probability" in [0, 1], nodata -1 (no valid input or no tile), plus
     /DEEPSEG/scale_hits        uint8 (rows, cols): bit i set where scale i reached @threshold
     /DEEPSEG/weight            float32 (rows, cols), sinusoidal only: the sum of the tiles'
                                window weights, so neighbouring stores merge by weighted mean
+    /DEEPSEG/block_max         float32 (ceil(rows / 256), ceil(cols / 256)): per 256 px block
+                               of the box (the band's HDF5 chunk), its highest probability
+                               (-1: none), so a reader skips blocks below its threshold
+    /DEEPSEG/block_valid       int32 (the same shape): per block, how many pixels hold one
     /DEEPSEG/tiles/tile_id     fixed bytes (n,): the tiles predicted into it (``check`` reads)
+
+The probability band and the datasets of its shape are chunked in ``PROB_BLOCK_PX`` blocks
+(stores written before the block summaries have 512 px chunks and no ``block_*``: still read).
 
 A store sits where the experiment's grid puts its chunk (``check_on_grid``): its box, its
 georeferencing and its CRS; one staged under other ``grid.*`` settings is refused.
@@ -47,6 +54,7 @@ from ..geo.grid import PixelBox, TileGrid
 
 GROUP = "DEEPSEG"
 PROB_NODATA = -1.0
+PROB_BLOCK_PX = 256  # probability stores' chunk side: what a reader can skip, px
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,9 @@ def read_header(f: h5py.File, info: KeaInfo, kind: str) -> StorePlace:
     return StorePlace(chunk, box, info.transform, info.crs_wkt)
 
 
-def write_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    """A compressed 2-D dataset in 512 px chunks (the KEA block size)."""
-    chunks = tuple(min(512, n) for n in data.shape)
+def write_dataset(group: h5py.Group, name: str, data: np.ndarray, block: int = 512) -> None:
+    """A compressed 2-D dataset in ``block`` px chunks (512: the KEA block size)."""
+    chunks = tuple(min(block, n) for n in data.shape)
     group.create_dataset(
         name, data=data, chunks=chunks, shuffle=True, compression="gzip", compression_opts=1
     )

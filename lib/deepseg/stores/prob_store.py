@@ -5,6 +5,7 @@ The layout is in ``layout``'s docstring.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import numpy as np
 from ..formats import kea
 from ..geo.grid import PixelBox
 from ..storage.paths import atomic_path
-from .layout import GROUP, PROB_NODATA, StorePlace, read_header, write_dataset, write_header
+from .layout import (
+    GROUP,
+    PROB_BLOCK_PX,
+    PROB_NODATA,
+    StorePlace,
+    read_header,
+    write_dataset,
+    write_header,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class ProbStore:
 def write_prob_store(path: Path, store: ProbStore) -> None:
     """Write a probability store atomically (temporary name, then rename)."""
     info = store.place.kea_info(np.float32, 1, PROB_NODATA, ("probability",))
+    info = dataclasses.replace(info, block_size=PROB_BLOCK_PX)
+    block = min(PROB_BLOCK_PX, *store.prob.shape)  # the band's chunk side (kea_layout)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             kea.create(f, info)
@@ -43,11 +54,23 @@ def write_prob_store(path: Path, store: ProbStore) -> None:
             valid_box = _valid_box(store.prob, store.place.box)
             group.attrs["valid_box"] = np.asarray(valid_box, dtype=np.int64)
             group.attrs["merge_method"] = "max" if store.weight is None else "sinusoidal"
-            write_dataset(group, "scale_hits", store.hits.astype(np.uint8, copy=False))
+            write_dataset(group, "scale_hits", store.hits.astype(np.uint8, copy=False), block)
             if store.weight is not None:
-                write_dataset(group, "weight", store.weight.astype(np.float32, copy=False))
+                write_dataset(group, "weight", store.weight.astype(np.float32, copy=False), block)
+            block_max, block_valid = block_summary(store.prob, block)
+            group.create_dataset("block_max", data=block_max)
+            group.create_dataset("block_valid", data=block_valid)
             if store.tile_ids is not None:
                 group.create_group("tiles").create_dataset("tile_id", data=store.tile_ids)
+
+
+def block_summary(prob: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``block`` px block of ``prob`` (from its top-left): the highest probability (-1 where
+    none; nodata is below every probability) and the count of pixels holding one (int32)."""
+    rows, cols = np.arange(0, prob.shape[0], block), np.arange(0, prob.shape[1], block)
+    block_max = np.maximum.reduceat(np.maximum.reduceat(prob, rows, axis=0), cols, axis=1)
+    valid = np.add.reduceat((prob != PROB_NODATA).astype(np.int32), rows, axis=0)
+    return block_max.astype(np.float32), np.add.reduceat(valid, cols, axis=1)
 
 
 def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
@@ -76,17 +99,48 @@ class ProbWindow:
 
 def read_prob_window(path: Path, window: PixelBox) -> ProbWindow | None:
     """A store's values where it overlaps ``window``; None when it does not."""
+    return read_prob_windows(path, [window])[0]
+
+
+def read_prob_windows(path: Path, windows: list[PixelBox]) -> list[ProbWindow | None]:
+    """``read_prob_window`` for each of ``windows``, the store opened once."""
+    out = []
     with kea.open_kea(path) as (f, info):
         box = read_header(f, info, "probability").box
-        part = box.intersection(window)
-        if part is None:
-            return None
-        rows, cols = part.slices_in(box)
-        prob = kea.read_window(f, rows.start, cols.start, part.height, part.width)[0]
         group = f[GROUP]
-        hits = _read(group["scale_hits"], rows, cols)
-        weight = _read(group["weight"], rows, cols) if "weight" in group else None
-    return ProbWindow(part, prob, hits, weight)
+        sets = [kea.band_data(f, 1), group["scale_hits"], group.get("weight")]
+        for window in windows:
+            part = box.intersection(window)
+            if part is None:
+                out.append(None)
+                continue
+            rows, cols = part.slices_in(box)
+            try:
+                values = [_read(ds, rows, cols) if ds is not None else None for ds in sets]
+            except OSError as exc:
+                raise kea.kea_error(f, f"cannot read pixels ({exc})") from None
+            out.append(ProbWindow(part, *values))
+    return out
+
+
+@dataclass(frozen=True)
+class ProbSummary:
+    """A store's block summaries: ``block`` px blocks from its box's top-left (grid px)."""
+
+    box: PixelBox
+    block: int
+    block_max: np.ndarray  # float32 (block rows, block cols): highest probability, -1 none
+    block_valid: np.ndarray  # int32: pixels holding a probability
+
+
+def read_prob_summary(path: Path) -> ProbSummary | None:
+    """The store's block summaries; None for a store written before they were."""
+    with kea.open_kea(path) as (f, info):
+        box = read_header(f, info, "probability").box
+        group = f[GROUP]
+        if "block_max" not in group:
+            return None
+        return ProbSummary(box, info.block_size, group["block_max"][()], group["block_valid"][()])
 
 
 def _read(ds: h5py.Dataset, rows: slice, cols: slice) -> np.ndarray:
