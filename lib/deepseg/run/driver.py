@@ -78,11 +78,12 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str) 
     selected = [states.get(u) for u in units]
     failed = [s for s in selected if s is not None and s.status == "failed"]
     done = [s for s in selected if s is not None and s.status == "done"]
+    mine = [s.counts for s in done if s.run == run_id]
     counts: dict[str, Any] = {}
-    for state in (s for s in done if s.run == run_id):
-        for key, value in state.counts.items():
-            if isinstance(value, (int, float)):
-                counts[key] = counts.get(key, 0) + value
+    for key in dict.fromkeys(k for c in mine for k in c):  # per key, not per unit and key
+        numbers = [v for v in (c.get(key) for c in mine) if isinstance(v, (int, float))]
+        if numbers:
+            counts[key] = sum(numbers)
     ended = {s.unit for s in failed + done}
     return {
         "units": len(units),
@@ -101,7 +102,7 @@ def _log_stale(
 ) -> None:
     """Say which done units will be redone because their inputs or settings changed."""
     states = fold(RunPaths.of(exp), stage.name)
-    stale = [u for u in units if is_stale(states.get(u), current(u))]
+    stale = [u for u in units if is_stale(states.get(u), current(u))] if states else []
     if stale:
         log.warning(
             "%s: %d unit(s) were made from other inputs or settings than the experiment's now "

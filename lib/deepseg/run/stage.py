@@ -131,14 +131,17 @@ def pending_units(
     states = fold(paths, stage.name)
     current = current or made_from(stage, exp)
     done = paths.done_checker()
+    todo = []
     with paused_gc():
-        return [
-            u
-            for u in units
-            if not is_done(
-                states.get(u), stage.expected(exp, u), paths, run_id, force, current(u), done
-            )
-        ]
+        for u in units:
+            state, expected = states.get(u), stage.expected(exp, u)
+            if state is None:  # never recorded (every unit of a first run): its outputs say
+                finished = not force and bool(expected) and all(map(done, expected))
+            else:
+                finished = is_done(state, expected, paths, run_id, force, current(u), done)
+            if not finished:
+                todo.append(u)
+    return todo
 
 
 def select_shard(units: list[str], shard: tuple[int, int] | None) -> list[str]:

@@ -98,7 +98,7 @@ class RunPaths:
 
         def done(path: Path | str) -> bool:
             full = os.path.join(root, path) if isinstance(path, str) else os.fspath(path)
-            folder, name = os.path.split(full)
+            folder, _, name = full.rpartition(os.sep)  # os.path.split, at 10^6 calls a run
             names = listed.get(folder)
             if names is None:
                 try:

@@ -1,0 +1,101 @@
+"""The fold of the workers' journals: per unit, the same state as reading record by record."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from deepseg.run.manifest import WHO, UnitState, _fold_journals
+
+
+def fold_record_by_record(journals: list[Path]) -> dict[str, UnitState]:
+    """The fold's rules applied one record at a time, in file order (the reference)."""
+    states, latest, finished = {}, {}, {}
+    for path in journals:
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            unit, time_, status = rec["unit"], rec["time"], rec["status"]
+            state = states.setdefault(unit, UnitState(unit, status))
+            if time_ >= latest.get(unit, ""):
+                latest[unit], state.status = time_, status
+                for key in WHO:
+                    setattr(state, key, rec.get(key))
+            if status == "running":
+                state.attempts += 1
+                state.started = max(state.started or "", time_)
+            elif time_ >= finished.get(unit, ""):
+                finished[unit] = time_
+                state.error, state.made_from = rec.get("error"), rec.get("made_from")
+                state.outputs = rec.get("outputs", [])
+                state.counts, state.info = rec.get("counts", {}), rec.get("info", {})
+    for unit, state in states.items():
+        end = finished.get(unit)
+        if state.started is not None and (end is None or state.started > end):
+            state.ended, state.error = None, None
+        else:
+            state.ended = end
+    return states
+
+
+def write_journals(folder: Path, seed: int) -> list[Path]:
+    """Workers retrying each other's units, killed mid-unit, a clock that steps back, equal
+    times, a torn last line."""
+    rng = random.Random(seed)
+    paths = []
+    for w in range(6):
+        clock = rng.randrange(0, 50)
+        lines = []
+        for _ in range(rng.randrange(5, 40)):
+            unit = f"c{rng.randrange(30):05d}_r00000"
+            clock += rng.choice([0, 1, 1, 2, -7 if w == 2 else 1])  # worker 2's clock steps
+            who = {"run": f"run{rng.randrange(3)}", "worker": f"w{w}", "host": "h"}
+            lines.append({"unit": unit, "status": "running", "time": f"{clock:06d}", **who})
+            end = rng.choice(["done", "done", "failed", None])
+            if end is None:
+                continue  # killed: no end record
+            clock += rng.choice([0, 1, 3])
+            rec = {"unit": unit, "status": end, "time": f"{clock:06d}", **who}
+            if end == "done":
+                rec.update(outputs=[f"out/{unit}.kea"], counts={"n": w}, made_from=f"m{w}")
+            else:
+                rec["error"] = f"boom {w}"
+            lines.append(rec)
+        text = "".join(json.dumps(r) + "\n" for r in lines)
+        if w == 4:
+            text += '{"unit": "c00001_r00000", "sta'  # a worker killed while writing
+        path = folder / f"w{w}.jsonl"
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fold_equals_reading_record_by_record(tmp_path, seed):
+    journals = write_journals(tmp_path, seed)
+    expected = fold_record_by_record(journals)
+    got = _fold_journals(journals)
+    assert got == expected
+    assert any(s.attempts > 1 for s in got.values())  # the case that merges journals
+    assert any(s.ended is None for s in got.values())  # and the interrupted one
+
+
+def test_manifest_holds_every_field_of_every_unit(tmp_path):
+    from dataclasses import asdict
+
+    from deepseg.run.manifest import write_manifest
+    from deepseg.storage.paths import RunPaths
+
+    states = _fold_journals(write_journals(tmp_path, 0))
+    states["c00099_r00000"] = UnitState("c00099_r00000", "done", counts={"ratio": float("nan")})
+    target = write_manifest(RunPaths(tmp_path / "out"), "predict", states)
+    manifest = json.loads(target.read_text())
+    assert manifest["stage"] == "predict"
+    want = [asdict(states[u]) for u in sorted(states)]
+    want[-1]["counts"]["ratio"] = None  # JSON has no NaN
+    assert manifest["units"] == want
