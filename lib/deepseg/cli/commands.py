@@ -80,6 +80,11 @@ COMMANDS: dict[str, Command] = {
         force=False,
         options=_sync_options,
     ),
+    "training-data": Command(
+        "stages.training_data:create_training_data",
+        "stage your rasters and label polygons into one training store",
+        check_inputs=False,
+    ),
     "train": Command(
         "synthetic.training:train",
         "train the demo U-Net on generated scenes",

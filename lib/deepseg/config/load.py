@@ -122,10 +122,25 @@ def _train(exp: Experiment, output: OutputConfig, base: Callable, fail: Callable
             f"expected a seed outside the training scenes' {t.scene_seed}.."
             f"{t.scene_seed + t.scenes - 1}, got {t.validation_seed}",
         )
-    if t.output is not None:
-        return dataclasses.replace(t, output=abs_path(base(("train", "output")) / t.output))
     local = output.path if isinstance(output.path, Path) else output.scratch
-    return dataclasses.replace(t, output=local / "model")
+
+    def resolve(name: str) -> Path | None:
+        value = getattr(t, name)
+        return None if value is None else abs_path(base(("train", name)) / value)
+
+    rasters: dict[Location, None] = {}  # globs expanded; create_training_data checks them
+    for i, entry in enumerate(t.rasters):
+        where = base(("train", "rasters", f"[{i}]"))
+        matches = [] if isinstance(entry, GsUri) else _local_rasters(abs_path(where / entry))
+        rasters.update(dict.fromkeys(matches or [_unchecked(where, entry)]))
+    return dataclasses.replace(
+        t,
+        output=resolve("output") or local / "model",
+        rasters=tuple(rasters),
+        labels=resolve("labels"),
+        aoi=resolve("aoi"),
+        store=resolve("store") or local / "training" / "tiles.h5",
+    )
 
 
 def _output(output: OutputConfig, name: str) -> OutputConfig:

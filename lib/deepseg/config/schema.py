@@ -213,6 +213,16 @@ class TrainConfig:
     validate_every: Count = 200  # steps
     base_channels: Count = 8  # U-Net channels at full resolution
     depth: Count = 4  # U-Net pooling steps
+    # your own imagery and labels, staged by create_training_data.py (empty: generated scenes)
+    rasters: tuple[Location, ...] = ()  # read onto the grid lattice as input.rasters are
+    labels: Path | None = None  # polygons (GPKG, GeoJSON, Shapefile; any CRS)
+    label_layer: str | None = None  # the labels' layer; None: the file's only or first one
+    class_column: str | None = None  # None: every polygon is class 1 (binary)
+    aoi: Path | None = None  # polygons where labelling was done; None: the rasters' footprint
+    stride: Count | None = None  # px between training tiles; None: grid.stride
+    folds: Count = 5  # spatial folds (fold ids by blocks of fold_block_px)
+    fold_block_px: Count = 4096  # side of the square blocks a fold is made of, px
+    store: Path | None = None  # the training store; None: {output.path}/training/tiles.h5
 
 
 @dataclass(frozen=True, kw_only=True)
