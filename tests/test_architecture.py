@@ -166,8 +166,8 @@ def test_the_package_top_holds_only_subpackages() -> None:
     assert files == ["__init__.py"]
     layers = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert layers == {
-        "cli", "synthetic", "qa", "stages", "run", "model", "stores", "geo", "config", "storage",
-        "formats", "core",
+        "cli", "synthetic", "training", "qa", "stages", "run", "model", "stores", "geo", "config",
+        "storage", "formats", "core",
     }  # fmt: skip
 
 

@@ -86,8 +86,8 @@ COMMANDS: dict[str, Command] = {
         check_inputs=False,
     ),
     "train": Command(
-        "synthetic.training:train",
-        "train the demo U-Net on generated scenes",
+        "cli.commands:train_model",
+        "train the U-Net on the training store (train.rasters set) or on generated scenes",
         check_inputs=False,
         options=_train_options,
     ),
@@ -98,6 +98,18 @@ COMMANDS: dict[str, Command] = {
         options=_demo_options,
     ),
 }
+
+
+def train_model(exp: Any, force: bool = False, output: Path | None = None) -> dict[str, Any]:
+    """``deepseg train``: on the training store when ``train.rasters`` is set (your imagery,
+    ``create_training_data.py``), else on generated scenes (the demo's model)."""
+    if exp.train.rasters:
+        from ..training.from_store import train_from_store
+
+        return train_from_store(exp, force=force, output=output)
+    from ..synthetic.training import train
+
+    return train(exp, force=force, output=output)
 
 
 def check_and_exit(exp: Any, **_: object) -> dict[str, Any]:

@@ -122,6 +122,11 @@ def _train(exp: Experiment, output: OutputConfig, base: Callable, fail: Callable
             f"expected a seed outside the training scenes' {t.scene_seed}.."
             f"{t.scene_seed + t.scenes - 1}, got {t.validation_seed}",
         )
+    if t.validation_fold >= t.folds:
+        raise fail(
+            ("train", "validation_fold"),
+            f"expected a fold below train.folds ({t.folds}), got {t.validation_fold}",
+        )
     local = output.path if isinstance(output.path, Path) else output.scratch
 
     def resolve(name: str) -> Path | None:

@@ -221,6 +221,7 @@ class TrainConfig:
     aoi: Path | None = None  # polygons where labelling was done; None: the rasters' footprint
     stride: Count | None = None  # px between training tiles; None: grid.stride
     folds: Count = 5  # spatial folds (fold ids by blocks of fold_block_px)
+    validation_fold: NonNegativeInt = 0  # train.py on a store: the fold that validates
     fold_block_px: Count = 4096  # side of the square blocks a fold is made of, px
     store: Path | None = None  # the training store; None: {output.path}/training/tiles.h5
 

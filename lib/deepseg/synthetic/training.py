@@ -20,12 +20,10 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from affine import Affine
 
@@ -37,34 +35,16 @@ from ..model.card import CONFIG, STATS, WEIGHTS, ModelCard
 from ..model.inference import BatchSize, predict_footprint
 from ..model.loading import LoadedModel, choose_device
 from ..model.unet import DeepSegUNet
-from ..qa.metrics import PixelTally, best_threshold
 from ..storage.paths import atomic_folder
 from ..stores.layout import StorePlace
 from ..stores.tile_store import TileStore, TileTable
+from ..training.scoring import Calibration, calibrate_threshold, segmentation_loss
 from .demo import DEMO_SEED
 from .training_data import TRAIN_ROADS, band_stats, labelled_scene, training_batch
 
 log = logging.getLogger(__name__)
 DATA_VERSION = "deepseg-synthetic-v3"
 TRAINING_KEYS = "seed scenes scene_size scene_seed crop_size batch_size steps learning_rate".split()
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The F-beta-best probability threshold on a scene and the pixel scores there."""
-
-    threshold: float
-    fbeta: float
-    precision: float
-    recall: float
-
-
-def segmentation_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice loss (1 - Dice over the whole batch)."""
-    bce = F.binary_cross_entropy_with_logits(logits, truth)
-    prob = torch.sigmoid(logits)
-    dice = (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
-    return bce + 1 - dice
 
 
 def _offsets(size: int, tile: int, stride: int) -> list[int]:
@@ -99,18 +79,6 @@ def predict_scene(
     footprint = PixelBox(0, 0, width, height)
     model.network.eval()
     return predict_footprint(store, footprint, model, exp, 0.5, BatchSize(batch_size)).prob
-
-
-def calibrate_threshold(prob: np.ndarray, truth: np.ndarray, beta: float) -> Calibration:
-    """The threshold with the best pixel F-beta of ``prob >= t`` against ``truth`` (1-D
-    arrays), chosen as ``evaluate.py --calibrate`` chooses it (``metrics.best_threshold``:
-    thresholds k / 1000, the middle of the first run that reaches the maximum)."""
-    tally = PixelTally()
-    tally.add(prob, np.zeros(prob.shape, dtype=bool), truth)
-    best = best_threshold(tally, beta)
-    return Calibration(
-        best["threshold"], best["f_beta"], best["precision"] or 0.0, best["recall"] or 0.0
-    )
 
 
 def _check_seeds(cfg: TrainConfig) -> None:

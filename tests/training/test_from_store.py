@@ -1,0 +1,119 @@
+"""train.py on a training store: held-out folds, exact augmentation, a usable model folder,
+and a killed run that resumes to the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+import yaml
+
+from conftest import lattice_transform, write_raster
+from deepseg.config import load_experiment
+from deepseg.model.loading import load_model
+from deepseg.stages.training_data import create_training_data
+from deepseg.training import store_data
+from deepseg.training.from_store import train_from_store
+from deepseg.training.store_data import StoreData, dihedral, split_folds
+
+TINY = {"crop_size": 32, "batch_size": 3, "steps": 6, "validate_every": 2, "base_channels": 4,
+        "depth": 2, "device": "cpu", "folds": 2, "fold_block_px": 128}  # fmt: skip
+
+
+def scene_with_labels(folder: Path) -> tuple[Path, Path]:
+    """A 320 x 320 px scene with bright discs (the labels) on a textured background."""
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[0:320, 0:320]
+    data = rng.integers(40, 90, (3, 320, 320)).astype(np.uint8)
+    x0, y0 = lattice_transform(3200, 6400) @ (0, 0)
+    discs = []
+    for c, r in rng.uniform(20, 300, (14, 2)):
+        inside = np.hypot(cols + 0.5 - c, rows + 0.5 - r) < 9
+        data[0][inside] = 200
+        discs.append(shapely.Point(x0 + 3 * c, y0 - 3 * r).buffer(27, quad_segs=32))
+    scene = write_raster(folder / "scene.tif", data, lattice_transform(3200, 6400))
+    labels = folder / "labels.gpkg"
+    gpd.GeoDataFrame(geometry=discs, crs="EPSG:3413").to_file(labels)
+    return scene, labels
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    scene, labels = scene_with_labels(folder)
+    path = folder / "mine.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "mine", "output": {"path": str(folder / "out")},
+        "input": {"rasters": [str(scene)]}, "model": {"dir": str(folder / "none")},
+        "grid": {"tile_size": 64, "stride": 32, "chunk_tiles": 2},
+        "train": {"rasters": [str(scene)], "labels": str(labels), **TINY},
+    }))  # fmt: skip
+    exp = load_experiment(path, check_inputs=False)
+    create_training_data(exp)
+    return exp
+
+
+def test_no_training_tile_overlaps_a_validation_tile(exp):
+    data = StoreData(exp.train.store, 0)
+    col0, row0 = data.file["tiles"]["col0"][()], data.file["tiles"]["row0"][()]
+    t = data.tile_size
+    for i in data.split.train:
+        apart = (np.abs(col0[data.split.validate] - col0[i]) >= t) | (
+            np.abs(row0[data.split.validate] - row0[i]) >= t
+        )
+        assert apart.all()
+    assert len(data.split.train) > 5 and len(data.split.validate) > 5
+    data.close()
+
+
+def test_split_keeps_every_tile_that_overlaps_no_validation_tile():
+    col0, row0 = np.array([0, 32, 64, 96, 160]), np.zeros(5, int)
+    split = split_folds(col0, row0, np.array([0, 1, 1, 1, 1]), held=0, t=64)
+    assert split.validate.tolist() == [0] and split.train.tolist() == [2, 3, 4]
+
+
+def test_the_eight_turns_move_pixels_and_labels_together():
+    image = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    seen = set()
+    for turn in range(8):
+        turned = dihedral(image, turn)
+        assert sorted(turned.ravel()) == sorted(image.ravel())  # a permutation, no resampling
+        np.testing.assert_array_equal(turned[1] - turned[0], 16)  # bands stay aligned
+        seen.add(turned[0].tobytes())
+    assert len(seen) == 8
+
+
+def test_the_model_folder_loads_and_a_killed_run_resumes_to_the_same_weights(
+    exp, tmp_path, monkeypatch
+):
+    whole = train_from_store(exp, output=tmp_path / "whole")
+    model = load_model(tmp_path / "whole", bands=3, device="cpu")
+    assert model.card.threshold == pytest.approx(whole["threshold"])
+    assert (tmp_path / "whole" / "training_curves.png").stat().st_size > 1000
+    assert len((tmp_path / "whole" / "training_log.jsonl").read_text().splitlines()) == 3
+
+    calls = {"n": 0}
+    batch = store_data.StoreData.batch
+
+    def killed_at_step_5(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_data.StoreData, "batch", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_store(exp, output=tmp_path / "resumed")
+    assert (tmp_path / ".resumed.training" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(store_data.StoreData, "batch", batch)
+    again = train_from_store(exp, output=tmp_path / "resumed")
+    assert again == whole
+    a = torch.load(tmp_path / "whole" / "best_model.pth")
+    b = torch.load(tmp_path / "resumed" / "best_model.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / ".resumed.training").exists()
