@@ -91,6 +91,12 @@ COMMANDS: dict[str, Command] = {
         check_inputs=False,
         options=_train_options,
     ),
+    "crossval": Command(
+        "training.crossval:crossval",
+        "k-fold spatial cross-validation on the training store (one unit per fold)",
+        True,
+        check_inputs=False,
+    ),
     "demo-data": Command(
         "synthetic.demo:ensure_demo",
         "make the demo scene and reference where absent",
