@@ -196,3 +196,21 @@ def test_a_scene_from_another_generator_version_is_remade(full_scene, demo_folde
     with rasterio.open(demo / "scene.tif") as src:
         assert src.tags()[SCENE_TAG].startswith(f"generator {GENERATOR_VERSION}, 3072 x 2560")
         np.testing.assert_array_equal(src.read(), full_scene[0])  # remade, same seed
+
+
+def test_training_scenes_as_files_carry_the_trainers_truth(tmp_path: Path) -> None:
+    from rasterio.features import rasterize as burn
+
+    from deepseg.synthetic.demo import make_training_scenes
+    from deepseg.synthetic.training_data import TRAIN_ROADS, labelled_scene
+
+    make_training_scenes(tmp_path, range(1000, 1002), 256)
+    labels = gpd.read_file(tmp_path / "labels.gpkg")
+    for i, seed in enumerate(range(1000, 1002)):
+        truth = labelled_scene(256, seed, giants=i % 2, roads=TRAIN_ROADS)
+        with rasterio.open(tmp_path / f"scene_{seed}.tif") as src:
+            np.testing.assert_array_equal(src.read(), truth.pixels)
+            t = src.transform
+            assert ((t.c + 4000100) / 3) % 1 == 0 and ((4100100 - t.f) / 3) % 1 == 0
+            burnt = burn(labels.geometry, (256, 256), transform=t) > 0
+        np.testing.assert_array_equal(burnt, truth.truth)

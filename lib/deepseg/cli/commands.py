@@ -56,6 +56,11 @@ def _demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root", dest="repo_root", type=Path, default=Path.cwd(), help="the DeepSeg checkout"
     )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="also train.py's scenes as files (data/demo/training)",
+    )
 
 
 COMMANDS: dict[str, Command] = {

@@ -48,6 +48,7 @@ from ..stores.training_store import (
 log = logging.getLogger(__name__)
 WINDOW_STRIDES = 8  # tiles are cut from windows of this many strides a side, read at once
 STATS_NAME = "normalization_stats.json"
+STORE_KEYS = "rasters labels label_layer class_column aoi stride folds fold_block_px store".split()
 
 
 def create_training_data(exp: Experiment, force: bool = False) -> dict[str, object]:
@@ -60,7 +61,8 @@ def create_training_data(exp: Experiment, force: bool = False) -> dict[str, obje
     source = dataclasses.replace(exp, input=dataclasses.replace(exp.input, rasters=t.rasters))
     inputs = open_inputs(source, grid)
     labels, classes = read_labels(t.labels, t.label_layer, t.class_column, exp.crs)
-    made_from = digest(_identities(t), dataclasses.asdict(t), dataclasses.asdict(exp.grid),
+    settings = {k: getattr(t, k) for k in STORE_KEYS}  # not the training's own settings
+    made_from = digest(_identities(t), settings, dataclasses.asdict(exp.grid), exp.crs,
                        exp.input.bands, exp.input.nodata, exp.input.resampling)  # fmt: skip
     stats_path = t.store.parent / STATS_NAME
     if not force and _made_from(stats_path) == made_from and t.store.exists():

@@ -24,8 +24,10 @@ from affine import Affine
 from rasterio.profiles import DefaultGTiffProfile
 from shapely.affinity import affine_transform
 
+from ..config import TrainConfig
 from ..storage.paths import atomic_path
 from .scenes import Scene, render_scene
+from .training_data import TRAIN_ROADS
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,48 @@ def _current(scene: Path) -> bool:
     return current
 
 
-def ensure_demo(repo_root: Path, force: bool = False) -> None:
+TRAINING_ROW0 = SCENE_ROW0 + 10 * CHUNK_PX  # training scenes lie south of the demo scene
+TRAINING_COLUMNS = 4  # training scenes per row, one 2-scene-wide cell each
+
+
+def make_training_scenes(folder: Path, seeds: range, size: int) -> None:
+    """The generated training scenes of ``train.py`` (``seeds``, ``size`` px, every other
+    one with a giant, as ``training.train`` draws them) as lattice-aligned GeoTIFFs
+    ``scene_{seed}.tif`` in cells 2 x ``size`` px apart south of the demo scene, and their
+    slump footprints in ``labels.gpkg``: training data for create_training_data.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    slumps = []
+    for i, seed in enumerate(seeds):
+        scene = render_scene(size, size, seed, giants=i % 2, roads=TRAIN_ROADS)
+        col = SCENE_COL0 + (i % TRAINING_COLUMNS) * 2 * size
+        row = TRAINING_ROW0 + (i // TRAINING_COLUMNS) * 2 * size
+        x0, y0 = GRID_ORIGIN[0] + col * RES_M, GRID_ORIGIN[1] - row * RES_M
+        transform = Affine(RES_M, 0.0, x0, 0.0, -RES_M, y0)
+        to_map = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
+        slumps += [affine_transform(p, to_map) for p in scene.slumps]
+        profile = DefaultGTiffProfile(
+            width=size, height=size, count=3, crs="EPSG:3413", transform=transform
+        )
+        with (
+            atomic_path(folder / f"scene_{seed}.tif") as tmp,
+            rasterio.open(tmp, "w", **profile) as dst,
+        ):
+            dst.write(scene.pixels)
+    labels = gpd.GeoDataFrame(geometry=slumps, crs="EPSG:3413")
+    with atomic_path(folder / "labels.gpkg") as tmp:
+        labels.to_file(tmp, layer="slumps", driver="GPKG")
+
+
+def ensure_demo(repo_root: Path, force: bool = False, training: bool = False) -> None:
     """Make ``data/demo/scene.tif`` and ``reference.gpkg`` (seed ``DEMO_SEED``) under
-    ``repo_root`` where absent or made by another generator version (always, with ``force``)."""
+    ``repo_root`` where absent or made by another generator version (always, with ``force``);
+    with ``training``, also train.py's generated scenes as files in ``data/demo/training``."""
     demo = repo_root / "data" / "demo"
+    if training and (force or not (demo / "training" / "labels.gpkg").exists()):
+        t = TrainConfig()
+        make_training_scenes(demo / "training", range(t.scene_seed, t.scene_seed + t.scenes),
+                             t.scene_size)  # fmt: skip
+        log.info("made the training scenes in %s", demo / "training")
     scene, reference = demo / "scene.tif", demo / "reference.gpkg"
     if force or not (_current(scene) and reference.exists()):
         start = time.perf_counter()

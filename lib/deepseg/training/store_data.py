@@ -64,14 +64,10 @@ class StoreData:
             )
 
     def tiles(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images (n, bands, T, T) and labels (n, T, T) of tiles ``index`` (in that order)."""
-        order = np.argsort(index)
-        sorted_index = index[order]  # h5py reads increasing indices
-        unique, back = np.unique(sorted_index, return_inverse=True)
-        images = self.file["images"][unique][back]
-        labels = self.file["labels"][unique][back]
-        undo = np.argsort(order)
-        return images[undo], labels[undo]
+        """Images (n, bands, T, T) and labels (n, T, T) of tiles ``index`` (in that order),
+        one chunk read per tile (h5py's list selections are far slower)."""
+        images, labels = self.file["images"], self.file["labels"]
+        return np.stack([images[i] for i in index]), np.stack([labels[i] for i in index])
 
     def batch(
         self, rng: np.random.Generator, size: int, crop: int, mean: np.ndarray, std: np.ndarray
