@@ -149,6 +149,20 @@ def test_footprints_cover_the_predicted_area_once(runs):
         assert foot.area.sum() == pytest.approx(valid_px * 9.0)  # they do not overlap
 
 
+def test_pieces_of_chunks_no_longer_in_the_units_are_left_out(tmp_path, model_dir):
+    """A pieces file left by an earlier run (e.g. regions since narrowed) is not gathered."""
+    import shutil
+
+    out = run(tmp_path, model_dir, 2)
+    before = read(out)
+    pieces = sorted((out / "vectors" / "pieces").glob("*.fgb"))
+    shutil.copy(pieces[0], pieces[0].with_name("c09999_r09999.fgb"))  # no such chunk here
+    vectorize(load_experiment(tmp_path / "experiment.yaml"), force=True)
+    after, feet = read(out), read(out, "footprints")
+    assert "c09999_r09999" not in set(feet.chunk_id)
+    assert after.rts_id.tolist() == before.rts_id.tolist()
+
+
 def test_uncertainty_and_scales_products(tmp_path, model_dir):
     out = run(tmp_path, model_dir, 2, merge={"products": ["uncertainty", "scales"]})
     with rasterio.open(out / "merged" / "west_prob.tif") as src:

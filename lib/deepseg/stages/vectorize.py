@@ -220,7 +220,8 @@ def gather(exp: Experiment, redo: bool) -> dict[str, int]:
         return {}
     grid, index = TileGrid.from_experiment(exp), StoreIndex.of_run(paths)
     boxes, scales = _region_geoms(exp, grid, index), index.scales
-    files = paths.finished(paths.pieces, ".fgb")
+    units = set(vectorize_units(exp))  # pieces of chunks no longer in a region are stale
+    files = [f for f in paths.finished(paths.pieces, ".fgb") if f.stem in units]
     written, area_m2, open_parts, footprints = 0, 0.0, [], []
     with atomic_path(paths.polygons) as tmp:
         for path in progress(files, len(files), "vectorize: gathering chunks", log):
