@@ -177,6 +177,11 @@ def test_to_dict_is_plain_yaml_that_reloads_to_the_same_experiment(tmp_path, bas
             "regions.bad name: expected a region name matching",
         ),
         (
+            {"regions": {False: [0, 0, 1, 1]}},  # what YAML makes of a bare `off:`
+            "regions.False: a name YAML reads as true/false (on, off, yes, no, ...): write it "
+            "in quotes",
+        ),
+        (
             {"regions": {"flat": [0, 5, 1, 5]}},
             "regions.flat: expected [minx, miny, maxx, maxy] with",
         ),

@@ -87,6 +87,10 @@ def build(tp: Any, value: Any, key: Key) -> Any:
                 for i, (t, v) in enumerate(zip(kinds, value, strict=True))
             )
     if origin is dict and isinstance(value, dict):
+        for k in value:
+            if isinstance(k, bool):  # YAML 1.1 reads a bare on/off/yes/no key as a boolean
+                raise Invalid((*key, str(k)), "a name YAML reads as true/false (on, off, yes, "
+                              "no, ...): write it in quotes, e.g. 'off':")  # fmt: skip
         return {
             build(args[0], k, (*key, str(k))): build(args[1], v, (*key, str(k)))
             for k, v in value.items()
