@@ -75,7 +75,7 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str) 
     paths = RunPaths.of(exp)
     states = fold(paths, stage.name)
     manifest = write_manifest(paths, stage.name, states)
-    selected = [states.get(u) for u in units]
+    selected = list(map(states.get, units))
     failed = [s for s in selected if s is not None and s.status == "failed"]
     done = [s for s in selected if s is not None and s.status == "done"]
     mine = [s.counts for s in done if s.run == run_id]
@@ -84,13 +84,14 @@ def summarize(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str) 
         numbers = [v for v in (c.get(key) for c in mine) if isinstance(v, (int, float))]
         if numbers:
             counts[key] = sum(numbers)
-    ended = {s.unit for s in failed + done}
     return {
         "units": len(units),
         "done": len(done),
         "failed": [s.unit for s in failed],
         "pending": len(units) - len(done) - len(failed),
-        "unfinished": [u for u in units if u not in ended],  # never started, or interrupted
+        "unfinished": [  # never started, or interrupted
+            u for u, s in zip(units, selected, strict=True) if s is None or s.status == "running"
+        ],
         "manifest": manifest,
         "errors": {s.unit: s.error for s in failed},
         "counts": counts,
