@@ -4,7 +4,8 @@ The tiles of ``train.validation_fold`` validate; the others train, except any wh
 overlaps a validation tile's (tiles overlap when ``train.stride`` < ``grid.tile_size``), so
 no validation pixel is ever trained on. A batch is ``train.batch_size`` crops of
 ``train.crop_size`` px, each from a random training tile at a random offset, turned by one of
-the 8 flips and rotations (exact: labels are never resampled), normalized as predict.py does.
+the 8 flips and rotations (exact: labels are never resampled), some with a nodata strip at
+one side (``NODATA_EDGE_SHARE``), normalized as predict.py does.
 Target: label >= 1 (any class); weight 0 where the input has no data (label 255).
 """
 
@@ -19,6 +20,11 @@ import torch
 
 from ..core.errors import DeepSegError
 from ..stores.training_store import LABEL_NODATA
+
+# share of crops whose left strip (of 1 to crop / 2 px; any side, after the turn) is made
+# nodata: predict sees data edges and nodata holes that training tiles inside the labelled
+# area rarely have, and a model that never saw one fires along them
+NODATA_EDGE_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -78,10 +84,17 @@ class StoreData:
         offsets = rng.integers(0, self.tile_size - crop + 1, size=(size, 2))
         turns = rng.integers(0, 8, size=size)
         xs, ys = [], []
-        for img, lab, (r, c), turn in zip(images, labels, offsets, turns, strict=True):
+        edges = rng.random(size) < NODATA_EDGE_SHARE
+        widths = rng.integers(1, crop // 2 + 1, size=size)
+        for i, (img, lab, (r, c), turn) in enumerate(
+            zip(images, labels, offsets, turns, strict=True)
+        ):
             x, y = img[:, r : r + crop, c : c + crop], lab[r : r + crop, c : c + crop]
+            y = dihedral(y[None], int(turn))[0].copy()
+            if edges[i]:  # the data ends here, as at a mosaic's edge: the rest must stay off
+                y[:, : widths[i]] = LABEL_NODATA
             xs.append(dihedral(x, int(turn)))
-            ys.append(dihedral(y[None], int(turn))[0])
+            ys.append(y)
         return normalized(np.stack(xs), np.stack(ys), mean, std)
 
     def close(self) -> None:
