@@ -32,6 +32,24 @@ def test_no_training_tile_overlaps_a_validation_tile(exp):
     data.close()
 
 
+def test_some_crops_end_in_a_nodata_strip_along_one_side(exp):
+    data = StoreData(exp.train.store, 0)
+    stats = np.zeros(3), np.ones(3)
+    x, _, weight = data.batch(np.random.default_rng(0), 200, 32, *stats)
+    data.close()
+    off = weight[:, 0] == 0  # the store's tiles hold data everywhere: only strips are off
+    with_strip = off.any(axis=(1, 2))
+    assert 0.2 < with_strip.float().mean() < 0.4  # NODATA_EDGE_SHARE of the crops
+    for crop, w in zip(off[with_strip], with_strip.nonzero()[:, 0], strict=True):
+        rows, cols = crop.any(dim=1), crop.any(dim=0)
+        full_rows, full_cols = crop.all(dim=1), crop.all(dim=0)
+        # a strip: whole rows at the top or bottom, or whole columns at the left or right
+        assert bool((rows == full_rows).all()) or bool((cols == full_cols).all())
+        assert bool(crop[0].all() or crop[-1].all() or crop[:, 0].all() or crop[:, -1].all())
+        assert crop.sum() <= 16 * 32  # at most half the crop
+        assert bool((x[w][:, crop] == 0).all())  # fed as predict feeds nodata
+
+
 def test_split_keeps_every_tile_that_overlaps_no_validation_tile():
     col0, row0 = np.array([0, 32, 64, 96, 160]), np.zeros(5, int)
     split = split_folds(col0, row0, np.array([0, 1, 1, 1, 1]), held=0, t=64)
