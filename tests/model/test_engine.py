@@ -24,7 +24,7 @@ from conftest import (
 )
 from deepseg.config import load_experiment
 from deepseg.model import card as model_module
-from deepseg.model.inference import sin2_window
+from deepseg.model.overlap import sin2_window
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles

@@ -69,6 +69,19 @@ def test_positive_class_of_a_multiclass_model_is_read_through_softmax(tmp_path):
     np.testing.assert_allclose(prob, expected, rtol=1e-6, atol=0)
 
 
+def test_named_classes_make_a_k_class_model_with_every_probability(tmp_path):
+    weights = torchscript_bytes(known_conv(3))
+    classes = [{"water": "#0000ff"}, {"land": [0, 128, 0]}, "ice"]
+    folder = model_folder(tmp_path / "m", "torchscript", weights, classes=classes)
+    model = load_model(folder, bands=3, device="cpu")
+    assert model.card.class_table.names == ("water", "land", "ice")
+    assert model.card.class_table.colours == ((0, 0, 255), (0, 128, 0), (44, 160, 44))
+    x = quarter_steps(2, 3, 8, 8)
+    z = known_logits(x.numpy(), 3)
+    expected = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities(model, x, "fp32").numpy(), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [
@@ -76,7 +89,15 @@ def test_positive_class_of_a_multiclass_model_is_read_through_softmax(tmp_path):
         ({"classes": 2}, "classes: 2, but the network returns 3"),
         ({"positive_class": -1}, "positive_class: expected an integer >= 0, got -1"),
         ({"positive_class": True}, "positive_class: expected an integer >= 0, got True"),
-        ({"classes": "three"}, "classes: expected an integer >= 1, got 'three'"),
+        ({"classes": "three"}, "classes: expected an integer >= 1 or a list of class names"),
+        ({"classes": ["a", "b"]}, "classes: 2, but the network returns 3"),
+        ({"classes": ["a", "b", "a"]}, "classes: a class name is given twice"),
+        ({"classes": ["a"]}, "classes: expected 2 to 254 class names, got 1"),
+        ({"classes": ["a", "", "c"]}, "classes: expected non-empty class names"),
+        ({"classes": [{"a": "#12345"}, "b", "c"]}, "classes.a: expected a colour as"),
+        ({"classes": [{"a": [1, 2, 256]}, "b", "c"]}, "got [1, 2, 256]"),
+        ({"classes": [{"a": None, "b": None}, "c"]}, "expected a name or a one-key mapping"),
+        ({"classes": {"a": None, "b": None, "c": None}}, "got a mapping (its order is not kept"),
     ],
 )
 def test_class_keys_are_checked_against_the_network(tmp_path, config, fragment):

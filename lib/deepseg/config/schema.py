@@ -135,7 +135,7 @@ class MergeConfig:
 
     method: Literal["max", "sinusoidal"] = "max"
     threshold: Probability | Literal["calibrated"] | None = None
-    products: tuple[Literal["uncertainty", "scales", "preview"], ...] = ()
+    products: tuple[Literal["uncertainty", "scales", "preview", "probs"], ...] = ()
     formats: Formats = ("cog",)  # cog always; kea adds merged/{region}_{prob,binary}.kea
     part_px: PartPx = 0  # regions taller than this are assembled in row bands by separate tasks
 
@@ -155,6 +155,7 @@ class EvaluateConfig:
 
     reference: Path | None = None  # polygons (GPKG, GeoJSON, Shapefile) in any CRS
     reference_layer: str | None = None  # None: the file's first layer
+    class_column: str | None = None  # K-class runs: the polygons' class (name or index)
     aoi: Path | None = None  # polygons bounding the evaluation; None: the valid predicted area
     iou: IoU = 0.25
     beta: Positive = 0.5

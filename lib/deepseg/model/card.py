@@ -7,8 +7,10 @@ training ``data_version``) and ``config.yaml``:
 - ``framework``: ``torchscript``, ``deepseg-unet``, ``smp`` (DARTS-layout checkpoints) or
   ``onnx``; ``frameworks.FRAMEWORKS`` holds the loaders and describes each format;
 - ``threshold``: the calibrated probability threshold in [0, 1];
-- ``classes`` (optional): the network's output channels K, checked against its real output;
-- ``positive_class`` (default 1): for K > 1, the class whose softmax probability is mapped;
+- ``classes`` (optional): the network's output channels K, checked against its real output,
+  or the K class names (and colours), which makes runs K-class (``classes``);
+- ``positive_class`` (default 1): for an integer K > 1, the class whose softmax probability
+  is mapped;
 - the architecture's own keys (``deepseg-unet``) and free ones (``model_version``, ...).
 
 Every network takes N x C x H x W float32 normalized input, ``x = (x - mean[c]) / std[c]``,
@@ -29,6 +31,7 @@ import numpy as np
 import yaml
 
 from ..core.errors import DeepSegError
+from .classes import ClassTable, parse_class_table
 from .frameworks import FRAMEWORKS
 
 WEIGHTS, STATS, CONFIG = "best_model.pth", "normalization_stats.json", "config.yaml"
@@ -77,16 +80,23 @@ def _whole(value: Any, lowest: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
 
 
-def _class_keys(path: Path, config: dict[str, Any]) -> tuple[int | None, int]:
-    """``classes`` (None when not given) and ``positive_class`` (default 1) of config.yaml."""
+def _class_keys(path: Path, config: dict[str, Any]) -> tuple[int | None, int, ClassTable | None]:
+    """``classes`` as K (None when not given), ``positive_class`` (default 1) and the class
+    table (None unless ``classes`` names the classes) of config.yaml."""
     classes, positive_class = config.get("classes"), config.get("positive_class", 1)
-    if classes is not None and not _whole(classes, 1):
-        raise DeepSegError(f"{path}: classes: expected an integer >= 1, got {classes!r}")
+    table = None
+    if isinstance(classes, (list, dict)):  # a mapping is refused there, with the reason
+        table = parse_class_table(path, classes)
+        classes = len(table)
+    elif classes is not None and not _whole(classes, 1):
+        raise DeepSegError(
+            f"{path}: classes: expected an integer >= 1 or a list of class names, got {classes!r}"
+        )
     if not _whole(positive_class, 0):
         raise DeepSegError(
             f"{path}: positive_class: expected an integer >= 0, got {positive_class!r}"
         )
-    return classes, positive_class
+    return classes, positive_class, table
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class ModelCard:
     classes: int | None  # config.yaml's classes, when given
     positive_class: int  # for K-class models: the class whose probability is mapped
     data_version: str | None  # normalization_stats.json's data_version, when given
+    class_table: ClassTable | None = None  # the class names: a K-class run (``classes``)
 
 
 def read_model_card(
@@ -120,7 +131,7 @@ def read_model_card(
     threshold = config.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise DeepSegError(f"{config_path}: threshold: expected a number in [0, 1]")
-    classes, positive_class = _class_keys(config_path, config)
+    classes, positive_class, table = _class_keys(config_path, config)
     mean, std, md5, data_version = _read_stats(model_dir / STATS, bands)
     _check_data_version(model_dir / STATS, data_version, expected_data_version)
     return ModelCard(
@@ -134,4 +145,5 @@ def read_model_card(
         classes=classes,
         positive_class=positive_class,
         data_version=data_version,
+        class_table=table,
     )

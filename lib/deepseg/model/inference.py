@@ -5,17 +5,22 @@ Per the RTS deployment spec, for each tile and each scale s of ``inference.scale
 upsampled back (bilinear) and its centre T x T kept. TTA predictions (probabilities) are
 averaged within a scale, each transform undone on its prediction; scales are fused by
 pixel-wise maximum, and bit i of the scale hits records where scale i reached the threshold.
-Overlapping tiles merge by ``merge.method`` (``MERGE_METHODS``): ``max``, P = max over the
-tiles covering a pixel (the spec's rule), or ``sinusoidal``, the mean weighted by a sin^2
-window, w(i) = sin^2(pi (i + 0.5) / T) per axis, which sums to one at stride T/2 and is never
-zero, so the raster's edge needs no special case. Everything runs on the model's device; the
+Overlapping tiles merge by ``merge.method`` (``overlap``: ``max``, the spec's rule, or
+``sinusoidal``). Everything runs on the model's device; the
 chunk's pixels are staged once and tiles are cut from them there.
+
+A K-class model (config.yaml names its classes, ``classes``) keeps all K softmax
+probabilities, shape (K, H, W) where a binary one has (H, W). TTA averages them per class.
+Scales, and the ``max`` merge of overlapping tiles, take per pixel the whole probability
+vector of the prediction whose top class is most confident (the first on ties), so the
+class map stays one real prediction; bit i of the scale hits records where scale i's top
+class is the fused one. ``sinusoidal`` is the weighted mean per class (the vector still
+sums to 1); ``overlap`` merges such tiles.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ from ..geo.grid import PixelBox, TileGrid, scale_context_px
 from ..stores.layout import PROB_NODATA
 from ..stores.tile_store import TileStore
 from .loading import LoadedModel
+from .overlap import MERGE_METHODS, more_confident
 
 log = logging.getLogger(__name__)
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -60,7 +66,8 @@ def normalize(pixels: np.ndarray, valid: np.ndarray, model: LoadedModel) -> torc
 
 
 def probabilities(model: LoadedModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
-    """(N, H, W) probability of the positive class for an (N, C, H, W) normalized batch."""
+    """(N, H, W) probability of the positive class for an (N, C, H, W) normalized batch;
+    (N, K, H, W) class probabilities for a K-class model."""
     cast = (
         torch.autocast(model.device.type, dtype=AUTOCAST[precision])
         if precision in AUTOCAST
@@ -72,16 +79,19 @@ def probabilities(model: LoadedModel, batch: torch.Tensor, precision: str) -> to
         logits = model.network(batch).float()
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0])
+    if model.card.class_table is not None:
+        return torch.softmax(logits, dim=1)
     return torch.softmax(logits, dim=1)[:, model.positive_class]
 
 
 def predict_with_tta(
     model: LoadedModel, batch: torch.Tensor, tta: str, precision: str
 ) -> torch.Tensor:
-    """Mean probability over the TTA transforms, each undone on its prediction."""
+    """Mean probability over the TTA transforms, each undone on its prediction (the
+    transforms act on the last two axes)."""
     total = None
     for forward, inverse in TTA[tta]:
-        p = inverse(probabilities(model, forward(batch), precision)[:, None])[:, 0]
+        p = inverse(probabilities(model, forward(batch), precision))
         total = p if total is None else total + p
     return total / len(TTA[tta])
 
@@ -101,17 +111,20 @@ def scale_inputs(
 
 
 def back_to_tile(prob: torch.Tensor, tile: int, scale: float) -> torch.Tensor:
-    """Upsample (n, T, T) predictions of the context back to its size; keep the centre tile."""
+    """Upsample (n, T, T) or (n, K, T, T) predictions of the context back to its size; keep
+    the centre tile."""
     context, lo = scale_context_px(tile, scale)
     if context == tile:
         return prob
-    up = F.interpolate(prob[:, None], size=(context, context), mode="bilinear", align_corners=False)
-    return up[:, 0, lo : lo + tile, lo : lo + tile]
+    planes = prob if prob.ndim == 4 else prob[:, None]
+    up = F.interpolate(planes, size=(context, context), mode="bilinear", align_corners=False)
+    up = up[..., lo : lo + tile, lo : lo + tile]
+    return up if prob.ndim == 4 else up[:, 0]
 
 
 @dataclass
 class BatchPrediction:
-    prob: torch.Tensor  # (n, T, T) scale-fused probability, clipped to [0, 1]
+    prob: torch.Tensor  # (n, T, T) or (n, K, T, T) scale-fused probability, clipped to [0, 1]
     bits: torch.Tensor  # (n, T, T) uint8, bit i where scale i reached the threshold
     out_of_range: torch.Tensor  # scalar: predicted values outside [0, 1] or NaN, before clipping
 
@@ -124,68 +137,36 @@ def predict_tiles(
     tile, inf = exp.grid.tile_size, exp.inference
     fused = bits = None
     bad = torch.zeros((), dtype=torch.int64, device=image.device)
+    tops = []
     for i, scale in enumerate(inf.scales):
         batch = scale_inputs(image, offsets, tile, scale)
         p = back_to_tile(predict_with_tta(model, batch, inf.tta, inf.precision), tile, scale)
         bad += ((p < 0) | (p > 1) | torch.isnan(p)).sum()
         p = torch.nan_to_num(p, nan=0.0).clamp(0.0, 1.0)
+        if p.ndim == 4:  # K classes: the most confident scale's vector; bits set below
+            tops.append(p.argmax(dim=1))
+            fused = p if fused is None else torch.where(more_confident(p, fused), p, fused)
+            continue
         hit = (p >= threshold).to(torch.uint8) << i
         fused = p if fused is None else torch.maximum(fused, p)
         bits = hit if bits is None else bits | hit
+    if tops:
+        top = fused.argmax(dim=1)
+        bits = sum(((t == top).to(torch.uint8) << i for i, t in enumerate(tops)), start=0)
     return BatchPrediction(fused, bits, bad)
 
 
-def sin2_window(tile: int, device: torch.device) -> torch.Tensor:
-    """(T, T) weights w(i) w(j), w(i) = sin^2(pi (i + 0.5) / T): sums to 1 at stride T/2."""
-    w = torch.sin(math.pi * (torch.arange(tile, device=device, dtype=torch.float64) + 0.5) / tile)
-    w = (w**2).float()
-    return w[:, None] * w[None, :]
-
-
-class MaxMerge:
-    """P = max over the tiles covering a pixel; -1 where none does."""
-
-    weighted = False
-
-    def __init__(self, shape: tuple[int, int], tile: int, device: torch.device) -> None:
-        self.prob = torch.full(shape, PROB_NODATA, device=device)
-
-    def add(self, window: tuple[slice, slice], prob: torch.Tensor) -> None:
-        self.prob[window] = torch.maximum(self.prob[window], prob)
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.prob, None
-
-
-class SinusoidalMerge:
-    """P = sum(w p) / sum(w) over the tiles covering a pixel; the weight sum is kept too, so
-    merge and vectorize can combine neighbouring chunks by the same weighted mean."""
-
-    weighted = True
-
-    def __init__(self, shape: tuple[int, int], tile: int, device: torch.device) -> None:
-        self.num = torch.zeros(shape, device=device)
-        self.den = torch.zeros(shape, device=device)
-        self.window = sin2_window(tile, device)
-
-    def add(self, window: tuple[slice, slice], prob: torch.Tensor) -> None:
-        self.num[window] += self.window * prob
-        self.den[window] += self.window
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        covered = self.den > 0
-        prob = torch.where(covered, self.num / self.den.clamp_min(1e-30), PROB_NODATA)
-        return prob, self.den
-
-
-MERGE_METHODS = {"max": MaxMerge, "sinusoidal": SinusoidalMerge}
+def detection(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(T, T) bool: where a tile detects something: the probability reaches ``threshold``;
+    for K classes (K, T, T), the top class is not class 0 (by convention, the background)."""
+    return prob.argmax(dim=0) != 0 if prob.ndim == 3 else prob >= threshold
 
 
 @dataclass
 class ChunkPrediction:
     """A chunk's prediction over its footprint (numpy, on the host)."""
 
-    prob: np.ndarray  # float32, [0, 1], nodata -1
+    prob: np.ndarray  # float32 (H, W) or K classes (K, H, W), [0, 1], nodata -1
     hits: np.ndarray  # uint8 scale bits
     weight: np.ndarray | None  # float32 sum of window weights (sinusoidal only)
     tiles_with_detection: int
@@ -237,7 +218,8 @@ def predict_footprint(
     tile, size = exp.grid.tile_size, batch_size or BatchSize(exp.inference.batch_size)
     offsets = list(zip(store.tiles.row_off.tolist(), store.tiles.col_off.tolist(), strict=True))
     shape = (footprint.height, footprint.width)
-    merged = MERGE_METHODS[exp.merge.method](shape, tile, model.device)
+    classes = () if model.card.class_table is None else (model.classes,)
+    merged = MERGE_METHODS[exp.merge.method]((*classes, *shape), tile, model.device)
     hits = torch.zeros(shape, dtype=torch.uint8, device=model.device)
     detected = torch.zeros((), dtype=torch.int64, device=model.device)
     bad = torch.zeros((), dtype=torch.int64, device=model.device)
@@ -255,7 +237,7 @@ def predict_footprint(
             window = (slice(r, r + tile), slice(c, c + tile))
             merged.add(window, pred.prob[k])
             hits[window] |= pred.bits[k]
-            detected += ((pred.prob[k] >= threshold) & valid[window]).any()
+            detected += (detection(pred.prob[k], threshold) & valid[window]).any()
         start += len(batch)
     prob, weight = merged.result()
     prob = torch.where(valid, prob, PROB_NODATA)

@@ -162,7 +162,8 @@ def _missing_px(store: Path, window: PixelBox, src: rasterio.DatasetReader, at: 
     part = read_prob_window(store, window)
     if part is None:
         return 0
-    return int((holes[part.box.slices_in(window)] & (part.prob != PROB_NODATA)).sum())
+    predicted = (part.prob != PROB_NODATA).reshape(-1, *part.hits.shape)[0]  # K-class: K bands
+    return int((holes[part.box.slices_in(window)] & predicted).sum())
 
 
 def chunks_missing_from_merged(
@@ -178,7 +179,8 @@ def chunks_missing_from_merged(
         if why is not None:
             found += [{"chunk": grid.chunk_id(*c), "region": region, "reason": why} for c in parts]
             continue
-        with rasterio.open(paths.local(paths.region_binary(region))) as src:
+        first = paths.region_layer(region, "class" if index.classes else "binary")
+        with rasterio.open(paths.local(first)) as src:
             at = grid.box_of_bounds(tuple(src.bounds))
             for chunk, part in progress(parts.items(), len(parts), f"check: {region}", log):
                 n = _missing_px(index.paths[chunk], part, src, at)
@@ -217,7 +219,7 @@ def check_run(exp: Experiment) -> dict[str, Any]:
         if paths.done(paths.polygons):
             found = polygons_outside(exp, paths, grid, index)
             report["polygons_outside_predicted_area"] = found
-        else:
+        elif not index.classes:  # K-class runs have no polygons (yet)
             report["outputs_missing"].append(paths.show(paths.polygons))
     report["counts"] = {
         "chunks": len(units),

@@ -17,7 +17,8 @@ interest (AOI) from any vector file (GPKG, GeoJSON, Shapefile) in any CRS (``ref
 Writes ``logs/evaluation.json`` (the report), ``logs/evaluation_pr_curve.png``,
 ``logs/evaluation_errors.gpkg`` (layer ``evaluation_errors``, see
 ``metrics.object_outcomes``) and, with ``calibrate``, ``logs/calibration.json``
-(see ``model.threshold``), all atomically.
+(see ``model.threshold``), all atomically. A K-class run is scored per class instead
+(``class_scores``: confusion matrix, per-class scores, overall accuracy, kappa).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from ..core.errors import DeepSegError
 from ..model.threshold import merge_threshold, write_calibration
 from ..run.runlog import read_run_log, record_stage
 from ..stages.assembly import DEFAULT_REGION
+from ..stages.layers import run_classes
 from ..stages.vectorize import LAYER as PREDICTION_LAYER
 from ..storage.paths import RunPaths, atomic_path
+from .class_scores import evaluate_classes
 from .metrics import (
     SIZE_CLASSES_KM2,
     PixelTally,
@@ -233,6 +236,10 @@ def evaluate(
     )
     _check_metric_crs(exp.crs)
     paths = RunPaths.of(exp)
+    classes = run_classes(exp)
+    if classes:  # a K-class run: scored per class (class_scores)
+        with record_stage(paths, "evaluate", {}):
+            return evaluate_classes(exp, settings, classes)
     rasters = _region_rasters(exp, paths)
     references, predicted, aoi_geom = _read_inputs(exp, settings, paths)
     ref_points = PointFinder(references.geometry.values)

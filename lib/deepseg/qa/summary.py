@@ -36,6 +36,12 @@ def _scores(report: dict[str, Any] | None) -> list[str]:
     """The object and pixel lines of an evaluation report (``qa.evaluate.evaluate``)."""
     if report is None:
         return ["scores:   not evaluated (run evaluate.py with a reference)"]
+    if "confusion_matrix" in report:  # a K-class run (``class_scores``)
+        f1 = ", ".join(f"{n} {_score(c['f1'])}" for n, c in report["per_class"].items())
+        return [
+            f"classes:  overall accuracy {_score(report['overall_accuracy'])}, kappa "
+            f"{_score(report['kappa'])} over {report['scored_px']:,} px; F1 {f1}"
+        ]
     obj, pixel = report["object"], report["pixel"]
     threshold = report.get("binary_threshold")
     at = "" if threshold is None else f" at threshold {threshold:.3f}"
@@ -66,12 +72,14 @@ def _outputs(exp: Experiment, paths: RunPaths) -> list[str]:
         candidates += [
             (paths.region_prob(region), f"probability COG, region {region}"),
             (paths.region_binary(region), f"binary COG, region {region}"),
+            (paths.region_layer(region, "class"), f"class map COG, region {region}"),
             (paths.region_preview(region), f"preview PNG, region {region}"),
         ]
     candidates += [
         (paths.polygons, "polygons"),
         (paths.evaluation_report, "evaluation report"),
         (paths.evaluation_pr_curve, "precision-recall curve"),
+        (paths.logs / "evaluation_confusion.png", "confusion matrix"),
         (paths.evaluation_errors, "TP/FP/FN polygons"),
         (paths.run_log, "run log"),
     ]

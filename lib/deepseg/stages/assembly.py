@@ -4,7 +4,10 @@ Neighbouring stores overlap by ``tile_size - stride`` (a chunk's footprint is it
 the overhang of its last tiles); ``assemble`` combines them with the rule used inside a chunk:
 the maximum, or for ``sinusoidal`` stores the mean weighted by each store's window-weight sum
 (sum of w p over sum of w, as one chunk would have it), so the fused map does not depend on
-``grid.chunk_tiles``. Boxes are in global grid pixels (see ``grid``).
+``grid.chunk_tiles``. Boxes are in global grid pixels (see ``grid``). K-class stores fuse by
+the same rules per probability vector (``model.overlap``): the weighted mean per class, or
+the vector of the store whose top class is most confident (the first, in raster order, on
+ties).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class StoreIndex:
     threshold: float  # the threshold recorded at predict time
     scales: tuple[float, ...]
     merge_method: str = "max"
+    classes: tuple[str, ...] = ()  # K-class stores: the class names; () binary
 
     @classmethod
     def local(cls, paths: RunPaths) -> StoreIndex:
@@ -47,7 +51,7 @@ class StoreIndex:
     def of_run(cls, paths: RunPaths) -> StoreIndex:
         """Index the finished stores from predict's manifest (opening only stores it lacks)."""
         states = fold(paths, "predict")
-        found, boxes, thresholds, scales, methods = {}, {}, set(), set(), set()
+        found, boxes, thresholds, scales, methods, classes = {}, {}, set(), set(), set(), set()
         for path in paths.prob_stores():
             state = states.get(path.stem)
             known = state is not None and state.status == "done" and "valid_box" in state.info
@@ -58,6 +62,7 @@ class StoreIndex:
             thresholds.add(float(info["threshold"]))
             scales.add(tuple(float(s) for s in info["scales"]))
             methods.add(info.get("merge_method", "max"))
+            classes.add(tuple(info.get("classes", ())))
         if not found and any(s.status == "done" for s in states.values()):
             raise DeepSegError(
                 f"{paths.predictions}: no probability stores: predict found no tile with valid "
@@ -65,13 +70,22 @@ class StoreIndex:
             )
         if not found:
             raise DeepSegError(f"{paths.predictions}: no probability stores; run predict.py first")
-        if len(thresholds) > 1 or len(scales) > 1 or len(methods) > 1:
+        if max(len(thresholds), len(scales), len(methods), len(classes)) > 1:
             raise DeepSegError(
                 f"{paths.predictions}: stores were predicted with different thresholds "
-                f"{sorted(thresholds)}, scales {sorted(scales)} or merge methods "
-                f"{sorted(methods)}; rerun predict.py --force"
+                f"{sorted(thresholds)}, scales {sorted(scales)}, merge methods "
+                f"{sorted(methods)} or classes {sorted(classes)}; rerun predict.py --force"
             )
-        return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop())
+        return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop(), classes.pop())
+
+    def require_binary(self, stage: str) -> None:
+        """Refuse a K-class run in a stage that reads one probability per pixel."""
+        if self.classes:
+            raise DeepSegError(
+                f"{stage}: this run's probability stores hold {len(self.classes)} classes "
+                f"({', '.join(self.classes)}); {stage} of K-class runs is not built yet: "
+                "use merge.py's {region}_class.tif"
+            )
 
     def paths_touching(self, grid: TileGrid, window: PixelBox) -> list[Path]:
         """The stores of the chunks whose footprint may reach ``window``, in raster order."""
@@ -99,14 +113,16 @@ def regions(exp: Experiment, grid: TileGrid, index: StoreIndex) -> dict[str, Pix
 
 class Fusion:
     """Stores' values fused over one window (grid px): their maximum, or for ``sinusoidal``
-    stores their mean weighted by each one's window-weight sum (float64 sums)."""
+    stores their mean weighted by each one's window-weight sum (float64 sums); ``classes``
+    K > 0: K-class stores, by the rules in the module docstring."""
 
-    def __init__(self, window: PixelBox, merge_method: str) -> None:
+    def __init__(self, window: PixelBox, merge_method: str, classes: int = 0) -> None:
         shape = (window.height, window.width)
+        planes = (classes, *shape) if classes else shape
         self.window = window
-        self.prob = np.full(shape, PROB_NODATA, dtype=np.float32)
+        self.prob = np.full(planes, PROB_NODATA, dtype=np.float32)
         self.hits = np.zeros(shape, dtype=np.uint8)
-        self.num = np.zeros(shape, dtype=np.float64) if merge_method == "sinusoidal" else None
+        self.num = np.zeros(planes, dtype=np.float64) if merge_method == "sinusoidal" else None
         self.den = np.zeros(shape, dtype=np.float64) if self.num is not None else None
 
     def add(self, part: ProbWindow) -> None:
@@ -114,15 +130,23 @@ class Fusion:
         at = part.box.slices_in(self.window)
         self.hits[at] |= part.hits
         if self.num is None:
-            np.maximum(self.prob[at], part.prob, out=self.prob[at])
+            self._keep_max(at, part.prob)
             return
-        valid = part.prob != PROB_NODATA
+        valid = (part.prob != PROB_NODATA).reshape(-1, *part.prob.shape[-2:])[0]
         w = part.weight if part.weight is not None else valid * np.float32(1)
-        self.num[at] += w * np.where(valid, part.prob, 0.0)
+        self.num[(..., *at)] += w * np.where(valid, part.prob, 0.0)
         self.den[at] += w
 
+    def _keep_max(self, at: tuple[slice, slice], prob: np.ndarray) -> None:
+        """The maximum; for K classes the vector whose top class is most probable."""
+        if prob.ndim == 2:
+            np.maximum(self.prob[at], prob, out=self.prob[at])
+            return
+        old = self.prob[(..., *at)]
+        np.copyto(old, prob, where=prob.max(axis=0) > old.max(axis=0))
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """Fused probability (float32, nodata -1) and OR-ed scale bits over the window."""
+        """Fused probability (float32, nodata -1; K-class (K, h, w)) and OR-ed scale bits."""
         if self.num is None:
             return self.prob, self.hits
         np.divide(self.num, self.den, out=self.num, where=self.den > 0)
@@ -130,8 +154,9 @@ class Fusion:
 
 
 def assemble(grid: TileGrid, index: StoreIndex, window: PixelBox) -> tuple[np.ndarray, np.ndarray]:
-    """Fused probability (nodata -1) and scale bits over ``window`` from the stores reaching it."""
-    fusion = Fusion(window, index.merge_method)
+    """Fused probability (nodata -1; K-class (K, h, w)) and scale bits over ``window`` from the
+    stores reaching it."""
+    fusion = Fusion(window, index.merge_method, len(index.classes))
     for path in index.paths_touching(grid, window):
         part = read_prob_window(path, window)
         if part is not None:

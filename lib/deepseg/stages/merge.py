@@ -6,7 +6,9 @@ also ``{region}_uncertainty.tif`` and ``{region}_scales.tif`` (see ``layers``), 
 internal tiles, LZW (floating-point predictor for float32). With ``merge.formats: [cog, kea]``
 the probability and binary rasters are also written, block by block, as ``{region}_prob.kea``
 and ``{region}_binary.kea`` (``kea_pyramid.create_raster``, with overviews like the COGs') for
-RSGISLib/KEA workflows.
+RSGISLib/KEA workflows. A K-class run (the model names its classes) writes ``{region}_class``,
+``_maxprob``, ``_entropy`` and ``_gap.tif`` instead of prob and binary, and with
+``merge.products`` ``_probs.tif`` (K bands), ``_scales.tif`` and a class preview (``layers``).
 
 Flat memory: a region is assembled window by window into tiled staging GeoTIFFs, which GDAL's
 COG driver copies through a VRT, with overviews, block by block, within ``GDAL_CACHE_MB``. With
@@ -32,7 +34,7 @@ from ..run.manifest import digest, done_runs
 from ..run.stage import Stage, UnitResult, new_run_id, pending_units
 from ..storage.paths import RunPaths, atomic_path
 from .assembly import DEFAULT_REGION, StoreIndex, check_predicted, regions
-from .layers import layer_names
+from .layers import layer_names, run_classes
 from .merge_bands import bands, parse_part_unit, part_files, part_unit, write_band
 from .region_merge import GDAL_CACHE_MB, KEA_LAYERS, RegionMerger, merge_region
 
@@ -71,12 +73,14 @@ class PartWorker(RegionMerger):
     def run(self, unit: str) -> UnitResult:
         region, k = parse_part_unit(unit)
         band = bands(self.boxes[region], self.exp.merge.part_px)[k]
-        names = layer_names(self.exp)
-        targets = part_files(RunPaths.of(self.exp), region, k, names)
+        targets = part_files(RunPaths.of(self.exp), region, k, self.names)
         targets[0].parent.mkdir(parents=True, exist_ok=True)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), ExitStack() as stack:
             files = [stack.enter_context(atomic_path(t)) for t in targets]  # renamed on exit
-            write_band(self.exp, self.grid, self.index, band, self.threshold, names, files, unit)
+            write_band(
+                self.exp, self.grid, self.index, band, self.threshold, self.names, files, unit,
+                self.classes,
+            )  # fmt: skip
         return UnitResult(targets, {"parts_written": 1, "pixels": band.width * band.height})
 
 
@@ -84,7 +88,7 @@ def merge_outputs(exp: Experiment, region: str) -> list[Path]:
     """The files region ``region`` gets under the current ``merge.products`` and ``formats``."""
     paths = RunPaths.of(exp)
     kea_files = [paths.region_kea(region, n) for n, *_ in KEA_LAYERS]
-    cogs = [paths.region_layer(region, n) for n in layer_names(exp)]
+    cogs = [paths.region_layer(region, n) for n in layer_names(exp, run_classes(exp))]
     png = [paths.region_preview(region)] if "preview" in exp.merge.products else []
     return cogs + png + (kea_files if "kea" in exp.merge.formats else [])
 
@@ -121,7 +125,7 @@ def part_units(exp: Experiment, force: bool = False) -> list[str]:
 
 def part_outputs(exp: Experiment, unit: str) -> list[Path]:
     region, k = parse_part_unit(unit)
-    return part_files(RunPaths.of(exp), region, k, layer_names(exp))
+    return part_files(RunPaths.of(exp), region, k, layer_names(exp, run_classes(exp)))
 
 
 def parts_made_from(exp: Experiment) -> Callable[[str], str]:

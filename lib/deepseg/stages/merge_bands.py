@@ -10,6 +10,7 @@ written to temporary files), so splitting a region never changes a byte of its C
 
 Staging files are ZSTD level 1 with 512 px blocks: read once, they are made to be fast to
 write and read (~5x LZW's speed here), and still hold a region in ~0.65 of its raw bytes.
+A K-class run's ``probs`` layer has K bands; its ``class`` VRT carries the colour table.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..core.progress import progress
 from ..geo.grid import PixelBox, TileGrid
+from ..model.classes import ClassTable
 from ..storage.paths import RunPaths
 from .assembly import StoreIndex, assemble
 from .layers import LAYERS, Layer
@@ -46,6 +48,13 @@ def bands(box: PixelBox, part_px: int) -> list[PixelBox]:
         PixelBox(box.col0, r, box.col1, min(r + part_px, box.row1))
         for r in range(box.row0, box.row1, part_px)
     ]
+
+
+def window_px(classes: ClassTable | None) -> int:
+    """The side of the windows assembled at once: ``WINDOW_PX``, smaller for K classes (a
+    multiple of BLOCK_PX holding about as many values), so memory stays flat in K."""
+    k = len(classes) if classes else 1
+    return max(BLOCK_PX, int(WINDOW_PX / k**0.5) // BLOCK_PX * BLOCK_PX)
 
 
 def windows(box: PixelBox, size: int = WINDOW_PX) -> list[PixelBox]:
@@ -76,13 +85,18 @@ def part_files(paths: RunPaths, region: str, k: int, names: Sequence[str]) -> li
     return [parts_folder(paths, region) / f"{name}_{k:04d}.tif" for name in names]
 
 
-def staging_profile(grid: TileGrid, crs: str, box: PixelBox, layer: Layer) -> dict:
-    """Creation options of a staging GeoTIFF over ``box`` (grid px)."""
+def band_count(layer: Layer, classes: ClassTable | None) -> int:
+    """A layer's bands: one, or one per class."""
+    return len(classes) if layer.per_class and classes else 1
+
+
+def staging_profile(grid: TileGrid, crs: str, box: PixelBox, layer: Layer, count: int = 1) -> dict:
+    """Creation options of a staging GeoTIFF of ``count`` bands over ``box`` (grid px)."""
     return dict(
         driver="GTiff",
         width=box.width,
         height=box.height,
-        count=1,
+        count=count,
         dtype=layer.dtype,
         nodata=layer.nodata,
         crs=CRS.from_user_input(crs),
@@ -105,23 +119,24 @@ def write_band(
     names: Sequence[str],
     targets: Sequence[Path],
     label: str,
+    classes: ClassTable | None = None,
 ) -> None:
     """Assemble ``band`` (grid px) window by window into ``targets``, one staging GeoTIFF per
     layer of ``names`` (written in place: the caller names temporary files)."""
     with ExitStack() as stack:
-        files = [
-            stack.enter_context(
-                rasterio.open(target, "w", **staging_profile(grid, exp.crs, band, LAYERS[name]))
-            )
-            for target, name in zip(targets, names, strict=True)
-        ]
-        parts = windows(band)
+        files = []
+        for target, name in zip(targets, names, strict=True):
+            count = band_count(LAYERS[name], classes)
+            profile = staging_profile(grid, exp.crs, band, LAYERS[name], count)
+            files.append(stack.enter_context(rasterio.open(target, "w", **profile)))
+        parts = windows(band, window_px(classes))
         for window in progress(parts, len(parts), f"merge {label}: windows", log):
             prob, hits = assemble(grid, index, window)
             rows, cols = window.slices_in(band)
             at = Window(cols.start, rows.start, window.width, window.height)
             for f, name in zip(files, names, strict=True):
-                f.write(LAYERS[name].compute(prob, hits, threshold), 1, window=at)
+                values = LAYERS[name].compute(prob, hits, threshold)
+                f.write(values.reshape(-1, *values.shape[-2:]), window=at)
 
 
 def write_vrt(
@@ -132,9 +147,11 @@ def write_vrt(
     layer: Layer,
     band_boxes: Sequence[PixelBox],
     files: Sequence[Path],
+    classes: ClassTable | None = None,
 ) -> None:
     """A VRT of one layer over ``region`` (grid px, in ``crs``) reading band ``i``'s staging
-    GeoTIFF ``files[i]`` into ``band_boxes[i]``."""
+    GeoTIFF ``files[i]`` into ``band_boxes[i]`` (every raster band of it: one per class for
+    a per-class layer; a palette layer gets ``classes``' colour table)."""
     root = ET.Element("VRTDataset", rasterXSize=str(region.width), rasterYSize=str(region.height))
     ET.SubElement(root, "SRS").text = CRS.from_user_input(crs).to_wkt()
     t = grid.transform(region)
@@ -143,24 +160,44 @@ def write_vrt(
     )
     metadata = ET.SubElement(root, "Metadata")
     ET.SubElement(metadata, "MDI", key="AREA_OR_POINT").text = "Area"
-    band = ET.SubElement(
-        root,
-        "VRTRasterBand",
-        dataType=_gdal_type(layer.dtype),
-        band="1",
-        blockXSize=str(BLOCK_PX),
-        blockYSize=str(BLOCK_PX),
-    )
-    ET.SubElement(band, "NoDataValue").text = repr(float(layer.nodata))
-    for box, path in zip(band_boxes, files, strict=True):
-        source = ET.SubElement(band, "SimpleSource")
-        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path)
-        ET.SubElement(source, "SourceBand").text = "1"
-        size = {"xSize": str(box.width), "ySize": str(box.height)}
-        ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-        at = {"xOff": str(box.col0 - region.col0), "yOff": str(box.row0 - region.row0)}
-        ET.SubElement(source, "DstRect", **at, **size)
+    for k in range(1, band_count(layer, classes) + 1):
+        band = ET.SubElement(
+            root,
+            "VRTRasterBand",
+            dataType=_gdal_type(layer.dtype),
+            band=str(k),
+            blockXSize=str(BLOCK_PX),
+            blockYSize=str(BLOCK_PX),
+        )
+        if layer.per_class and classes:
+            ET.SubElement(band, "Description").text = classes.names[k - 1]
+        ET.SubElement(band, "NoDataValue").text = repr(float(layer.nodata))
+        if layer.palette and classes:
+            _colour_table(band, classes)
+        for box, path in zip(band_boxes, files, strict=True):
+            _simple_source(band, path, k, box, region)
     ET.ElementTree(root).write(target, encoding="unicode")
+
+
+def _colour_table(band: ET.Element, classes: ClassTable) -> None:
+    """A 256-entry palette: each class's colour, transparent for the rest (nodata 255)."""
+    ET.SubElement(band, "ColorInterp").text = "Palette"
+    table = ET.SubElement(band, "ColorTable")
+    for i in range(256):
+        r, g, b = classes.colours[i] if i < len(classes) else (0, 0, 0)
+        alpha = 255 if i < len(classes) else 0
+        ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(alpha))
+
+
+def _simple_source(band: ET.Element, path: Path, k: int, box: PixelBox, region: PixelBox) -> None:
+    """Band ``k`` of staging file ``path`` read into ``box`` of ``region`` (grid px)."""
+    source = ET.SubElement(band, "SimpleSource")
+    ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path)
+    ET.SubElement(source, "SourceBand").text = str(k)
+    size = {"xSize": str(box.width), "ySize": str(box.height)}
+    ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
+    at = {"xOff": str(box.col0 - region.col0), "yOff": str(box.row0 - region.row0)}
+    ET.SubElement(source, "DstRect", **at, **size)
 
 
 def _gdal_type(dtype: str) -> str:

@@ -33,6 +33,7 @@ from ..stores.chunk_io import ChunkIO, auto_workers
 from ..stores.layout import StorePlace, check_on_grid
 from ..stores.prob_store import ProbStore
 from ..stores.tile_store import TileStore
+from .layers import classes_record
 from .tiles import check_model_and_grid, tiling_units
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def _prepare(exp: Experiment) -> None:
         threshold=merge_threshold(exp, card.threshold),
         scales_used=list(exp.inference.scales),
         tta_config=exp.inference.tta,
+        classes=classes_record(card.class_table),
     )
 
 
@@ -97,6 +99,8 @@ class PredictWorker:
         if exp.inference.compile:
             self.model.network = torch.compile(self.model.network)
         self.threshold = merge_threshold(exp, self.model.threshold)
+        table = self.model.card.class_table
+        self.class_table = () if table is None else (table.names, table.colours)
         self.listed = listed_tiles(exp, self.grid)
         self.staged = fold(self.paths, "create_tiles")
         self.batch_size = BatchSize(exp.inference.batch_size)
@@ -167,6 +171,7 @@ class PredictWorker:
                 self.threshold,
                 self.exp.inference.scales,
                 store.tiles.tile_id,
+                *self.class_table,
             ),
         )
         counts = {

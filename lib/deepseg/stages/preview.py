@@ -6,6 +6,10 @@ than a preview pixel still shows, and memory is the preview's size whatever the 
 the outline of the cells that reached the threshold, and, where the input rasters can be read,
 the imagery underneath (warped onto the preview's pixels with average resampling). A legend
 says what the colours and the outline mean and what one preview pixel is on the ground.
+
+A K-class run's preview shows its class map instead, in the classes' colours over the
+imagery, read from the class COG's nearest-neighbour overviews (so its memory is the
+preview's too), with one legend entry per class.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 
 from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..geo.grid import PixelBox, TileGrid
 from ..geo.readers import WarpTarget, open_reader
 from ..geo.sources import open_inputs
+from ..model.classes import ClassTable
 from ..storage.paths import atomic_path
 from ..stores.layout import PROB_NODATA
 
@@ -152,6 +160,41 @@ def render(
     fig.colorbar(image, cax=bar).set_label("highest probability in the pixel", fontsize=8)
     outline = Line2D([], [], color=OUTLINE, label=f"probability >= {threshold:.3f} (binary)")
     fig.legend(handles=[outline], loc="lower left", frameon=False)
+    fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def class_preview(cog: Path, preview: PreviewGrid) -> np.ndarray:
+    """The class map of ``cog`` on the preview's pixels (nearest; 255 nodata), from the COG's
+    overviews."""
+    with rasterio.open(cog) as src:
+        return src.read(1, out_shape=(preview.height, preview.width), resampling=Resampling.nearest)
+
+
+def render_classes(
+    path: Path,
+    classes: np.ndarray,
+    table: ClassTable,
+    background: np.ndarray | None,
+    title: str,
+    cell_m: float,
+) -> None:
+    """Draw a class preview (uint8 class indices, 255 nodata) with its legend, atomically."""
+    h, w = classes.shape
+    fig = Figure(figsize=((w + 260) / DPI, (h + 110) / DPI), dpi=DPI)
+    ax = fig.add_axes((20 / (w + 260), 60 / (h + 110), w / (w + 260), h / (h + 110)))
+    ax.set_axis_off()
+    if background is not None:
+        ax.imshow(background, interpolation="nearest")
+    rgba = np.zeros((256, 4))
+    rgba[: len(table)] = [(*(c / 255 for c in colour), 0.8) for colour in table.colours]
+    if background is None:
+        rgba[255] = (0.85, 0.85, 0.85, 1.0)  # nodata grey where no imagery shows through
+    ax.imshow(rgba[classes], interpolation="nearest")
+    patches = [Patch(color=rgba[i][:3], label=n) for i, n in enumerate(table.names)]
+    right = ((w + 30) / (w + 260), 0.5)  # in the margin right of the map, like the colour bar
+    fig.legend(handles=patches, loc="center left", bbox_to_anchor=right, frameon=False, fontsize=8)
     fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})

@@ -25,7 +25,7 @@ from ..model.threshold import merge_threshold
 from ..storage.paths import RunPaths, atomic_path, partial_path
 from . import preview
 from .assembly import StoreIndex, regions
-from .layers import LAYERS, Layer, layer_names
+from .layers import LAYERS, Layer, layer_names, run_classes
 from .merge_bands import (
     BLOCK_PX,
     bands,
@@ -44,7 +44,8 @@ KEA_LAYERS = (("prob", "probability", "average"), ("binary", "binary", "nearest"
 
 class RegionMerger:
     """What merging any region of one experiment needs: the stores indexed once per process
-    (local copies), the region boxes (grid px) and the threshold."""
+    (local copies), the region boxes (grid px), the threshold, the classes of a K-class run
+    and the layers to write."""
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
@@ -52,6 +53,20 @@ class RegionMerger:
         self.index = StoreIndex.local(RunPaths.of(exp))
         self.boxes = regions(exp, self.grid, self.index)
         self.threshold = merge_threshold(exp, self.index.threshold)
+        self.classes = run_classes(exp)
+        recorded = self.classes.names if self.classes else ()
+        if recorded != self.index.classes:
+            raise DeepSegError(
+                f"{RunPaths.of(exp).predictions}: the stores hold classes "
+                f"{list(self.index.classes) or 'none (binary)'} but the run log's last predict "
+                f"recorded {list(recorded) or 'none (binary)'}: rerun predict.py --force"
+            )
+        if self.classes and "kea" in exp.merge.formats:
+            raise DeepSegError(
+                "merge.formats: kea is written for binary runs only (probability and binary "
+                f"rasters); this run has {len(self.classes)} classes: use formats: [cog]"
+            )
+        self.names = layer_names(exp, self.classes)
 
 
 def write_cog(src: Path, target: Path, layer: Layer) -> None:
@@ -100,12 +115,15 @@ def _staged_bands(
     """Per layer, the staging files of the region's ``band_boxes`` (local copies): written
     here to temporary files (listed in ``temporary``) for a region of one band, else the parts
     stage ``merge_parts`` wrote."""
-    paths, names, box = RunPaths.of(exp), layer_names(exp), merger.boxes[region]
+    paths, names, box = RunPaths.of(exp), merger.names, merger.boxes[region]
     if len(band_boxes) == 1:
         stem = [paths.region_layer(region, n).with_suffix(".stage.tif") for n in names]
         files = [partial_path(f) for f in stem]
         temporary.extend(files)
-        write_band(exp, merger.grid, merger.index, box, merger.threshold, names, files, region)
+        write_band(
+            exp, merger.grid, merger.index, box, merger.threshold, names, files, region,
+            merger.classes,
+        )  # fmt: skip
         return [[f] for f in files]
     per_band = []
     for k in range(len(band_boxes)):
@@ -123,7 +141,7 @@ def _staged_bands(
 
 def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
     """Write every layer of ``region`` from its staged bands, then its KEA files and preview."""
-    paths, names, box = RunPaths.of(exp), layer_names(exp), merger.boxes[region]
+    paths, names, box = RunPaths.of(exp), merger.names, merger.boxes[region]
     band_boxes = bands(box, exp.merge.part_px)
     paths.merged.mkdir(parents=True, exist_ok=True)
     temporary: list[Path] = []
@@ -135,7 +153,10 @@ def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
                 target, layer = paths.region_layer(region, name), LAYERS[name]
                 vrts[name] = partial_path(target.with_suffix(".vrt"))
                 temporary.append(vrts[name])
-                write_vrt(vrts[name], merger.grid, exp.crs, box, layer, band_boxes, files)
+                write_vrt(
+                    vrts[name], merger.grid, exp.crs, box, layer, band_boxes, files,
+                    merger.classes,
+                )  # fmt: skip
                 write_cog(vrts[name], target, layer)
             _kea_and_preview(exp, merger, region, vrts)
     finally:
@@ -150,6 +171,10 @@ def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
 def _kea_and_preview(exp: Experiment, merger: RegionMerger, region: str, vrts: dict) -> None:
     """The region's KEA rasters and preview, read back from its layers' VRTs window by window."""
     box, grid = merger.boxes[region], merger.grid
+    if merger.classes:
+        if "preview" in exp.merge.products:
+            _write_class_preview(exp, merger, region)
+        return
     peak = _peak_probability(exp, box)
     with ExitStack() as stack:
         keas = _open_kea_mosaics(stack, exp, grid, box, region)
@@ -165,6 +190,16 @@ def _kea_and_preview(exp: Experiment, merger: RegionMerger, region: str, vrts: d
                 peak.add(window, arrays["prob"])
     if peak:
         _write_preview(exp, grid, region, peak, merger.threshold)
+
+
+def _write_class_preview(exp: Experiment, merger: RegionMerger, region: str) -> None:
+    paths, grid = RunPaths.of(exp), merger.grid
+    at = preview.PreviewGrid.of(merger.boxes[region])
+    classes = preview.class_preview(paths.region_layer(region, "class"), at)
+    background = preview.imagery(exp, grid, at)
+    title, cell_m = f"{exp.name}: region {region}", at.factor * grid.resolution
+    target = paths.region_preview(region)
+    preview.render_classes(target, classes, merger.classes, background, title, cell_m)
 
 
 def _peak_probability(exp: Experiment, box: PixelBox) -> preview.PeakProbability | None:

@@ -61,6 +61,7 @@ def vectorize_units(exp: Experiment) -> list[str]:
     """Chunks whose core holds a predicted pixel (of any store) inside a region."""
     grid = TileGrid.from_experiment(exp)
     index = StoreIndex.of_run(RunPaths.of(exp))
+    index.require_binary("vectorize")
     boxes = list(regions(exp, grid, index).values())
     n, units = grid.chunk_px, set()
     for valid in index.valid_boxes.values():

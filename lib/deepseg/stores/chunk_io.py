@@ -31,7 +31,7 @@ def write_and_describe(path: Path, store: ProbStore) -> dict[str, Any]:
     """Write a probability store, then read back what the manifest records of it."""
     write_prob_store(path, store)
     attrs = read_prob_attrs(path)
-    return {k: attrs[k] for k in ("valid_box", "threshold", "scales", "merge_method")}
+    return {k: attrs[k] for k in ("valid_box", "threshold", "scales", "merge_method", "classes")}
 
 
 class ChunkIO:

@@ -31,6 +31,11 @@ band "probability" in [0, 1], nodata -1 (no valid input or no tile), plus
     /DEEPSEG/block_valid       int32 (the same shape): per block, how many pixels hold one
     /DEEPSEG/tiles/tile_id     fixed bytes (n,): the tiles predicted into it (``check`` reads)
 
+A K-class store (the model's config.yaml names its classes) has K float32 bands instead, one
+per class (descriptions: the class names), the class probabilities of each pixel, plus
+``@classes`` (names) and ``@class_colours`` (uint8 (K, 3) RGB); ``scale_hits`` bit i is set
+where scale i's top class is the fused one; there are no ``block_*`` summaries.
+
 The probability band and the datasets of its shape are chunked in ``PROB_BLOCK_PX`` blocks
 (stores written before the block summaries have 512 px chunks and no ``block_*``: still read).
 

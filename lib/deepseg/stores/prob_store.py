@@ -31,35 +31,44 @@ class ProbStore:
     """A probability store in memory (arrays over ``place.box``, the chunk's footprint)."""
 
     place: StorePlace
-    prob: np.ndarray  # float32 in [0, 1], nodata -1
-    hits: np.ndarray  # uint8: bit i set where scale i reached ``threshold``
+    prob: np.ndarray  # float32 (H, W) in [0, 1], nodata -1; K-class: (K, H, W)
+    hits: np.ndarray  # uint8: bit i set where scale i reached ``threshold`` (see layout)
     weight: np.ndarray | None  # float32 window-weight sums (sinusoidal merge); None for max
     threshold: float
     scales: tuple[float, ...]
     tile_ids: np.ndarray | None = None  # bytes (n,): the tiles predicted into it
+    classes: tuple[str, ...] = ()  # K-class: the class names (band order); () binary
+    colours: tuple[tuple[int, int, int], ...] = ()  # K-class: RGB per class
 
 
 def write_prob_store(path: Path, store: ProbStore) -> None:
     """Write a probability store atomically (temporary name, then rename)."""
-    info = store.place.kea_info(np.float32, 1, PROB_NODATA, ("probability",))
+    planes = store.prob.reshape(-1, *store.prob.shape[-2:])  # (1 or K, H, W)
+    names = store.classes or ("probability",)
+    info = store.place.kea_info(np.float32, len(planes), PROB_NODATA, names)
     info = dataclasses.replace(info, block_size=PROB_BLOCK_PX)
-    block = min(PROB_BLOCK_PX, *store.prob.shape)  # the band's chunk side (kea_layout)
+    block = min(PROB_BLOCK_PX, *planes.shape[1:])  # the band's chunk side (kea_layout)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             kea.create(f, info)
-            kea.write_band(f, 1, store.prob.astype(np.float32, copy=False))
+            for band, plane in enumerate(planes, start=1):
+                kea.write_band(f, band, plane.astype(np.float32, copy=False))
             group = write_header(f, "probability", store.place)
             group.attrs["threshold"] = float(store.threshold)
             group.attrs["scales"] = np.asarray(store.scales, dtype=np.float64)
-            valid_box = _valid_box(store.prob, store.place.box)
+            if store.classes:
+                group.attrs["classes"] = list(store.classes)
+                group.attrs["class_colours"] = np.asarray(store.colours, dtype=np.uint8)
+            valid_box = _valid_box(planes[0], store.place.box)
             group.attrs["valid_box"] = np.asarray(valid_box, dtype=np.int64)
             group.attrs["merge_method"] = "max" if store.weight is None else "sinusoidal"
             write_dataset(group, "scale_hits", store.hits.astype(np.uint8, copy=False), block)
             if store.weight is not None:
                 write_dataset(group, "weight", store.weight.astype(np.float32, copy=False), block)
-            block_max, block_valid = block_summary(store.prob, block)
-            group.create_dataset("block_max", data=block_max)
-            group.create_dataset("block_valid", data=block_valid)
+            if not store.classes:  # what vectorize skips by; K-class stores are read whole
+                block_max, block_valid = block_summary(store.prob, block)
+                group.create_dataset("block_max", data=block_max)
+                group.create_dataset("block_valid", data=block_valid)
             if store.tile_ids is not None:
                 group.create_group("tiles").create_dataset("tile_id", data=store.tile_ids)
 
@@ -92,7 +101,7 @@ class ProbWindow:
     """A probability store's values over ``box``: the part of a window it covers (grid px)."""
 
     box: PixelBox
-    prob: np.ndarray  # float32, nodata -1
+    prob: np.ndarray  # float32 (h, w), nodata -1; K-class stores: (K, h, w)
     hits: np.ndarray  # uint8 scale bits
     weight: np.ndarray | None  # float32 window-weight sums; None for stores merged by max
 
@@ -108,7 +117,7 @@ def read_prob_windows(path: Path, windows: list[PixelBox]) -> list[ProbWindow | 
     with kea.open_kea(path) as (f, info):
         box = read_header(f, info, "probability").box
         group = f[GROUP]
-        sets = [kea.band_data(f, 1), group["scale_hits"], group.get("weight")]
+        sets = [group["scale_hits"], group.get("weight")]
         for window in windows:
             part = box.intersection(window)
             if part is None:
@@ -119,8 +128,19 @@ def read_prob_windows(path: Path, windows: list[PixelBox]) -> list[ProbWindow | 
                 values = [_read(ds, rows, cols) if ds is not None else None for ds in sets]
             except OSError as exc:
                 raise kea.kea_error(f, f"cannot read pixels ({exc})") from None
-            out.append(ProbWindow(part, *values))
+            out.append(ProbWindow(part, _read_probability(f, info, rows, cols), *values))
     return out
+
+
+def _read_probability(f: h5py.File, info: kea.KeaInfo, rows: slice, cols: slice) -> np.ndarray:
+    """The probability band (h, w), or for a K-class store its K bands (K, h, w)."""
+    if "classes" not in f[GROUP].attrs:
+        try:
+            return _read(kea.band_data(f, 1), rows, cols)
+        except OSError as exc:
+            raise kea.kea_error(f, f"cannot read pixels ({exc})") from None
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    return kea.read_window(f, rows.start, cols.start, height, width)
 
 
 @dataclass(frozen=True)
@@ -162,7 +182,22 @@ def read_prob_attrs(path: Path) -> dict[str, object]:
             "scales": tuple(float(s) for s in attrs["scales"]),
             "valid_box": PixelBox(*(int(v) for v in attrs["valid_box"])),
             "merge_method": str(attrs.get("merge_method", "max")),
+            "classes": [_text(c) for c in attrs.get("classes", [])],
         }
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_prob_classes(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """A K-class store's class names and RGB colours; ((), ()) for a binary store."""
+    with kea.open_kea(path) as (f, info):
+        read_header(f, info, "probability")
+        attrs = f[GROUP].attrs
+        names = tuple(_text(c) for c in attrs.get("classes", []))
+        colours = tuple(tuple(int(v) for v in c) for c in attrs.get("class_colours", []))
+        return names, colours  # type: ignore[return-value]
 
 
 def read_prob_tile_ids(path: Path) -> list[str] | None:
