@@ -3,11 +3,18 @@ and a killed run that resumes to the same weights."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from training_store import store_experiment
 
+from conftest import REPO
 from deepseg.model.loading import load_model
 from deepseg.training import store_data
 from deepseg.training.from_store import train_from_store
@@ -97,3 +104,33 @@ def test_the_model_folder_loads_and_a_killed_run_resumes_to_the_same_weights(
     b = torch.load(tmp_path / "resumed" / "best_model.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / ".resumed.training").exists()
+
+
+def test_train_py_killed_by_sigkill_resumes_to_the_same_weights(tmp_path_factory):
+    """train.py as a user runs it, killed (SIGKILL) once its first checkpoint is on disk."""
+    folder = tmp_path_factory.mktemp("killed")
+    exp = store_experiment(folder, steps=80, validate_every=10)
+
+    def train_py(output: Path) -> subprocess.Popen:
+        command = [sys.executable, str(REPO / "train.py"), "-e", str(exp.source), "--output",
+                   str(output)]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    whole = train_py(folder / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
+    checkpoint = folder / ".resumed.training" / "checkpoint.pt"
+    killed = train_py(folder / "resumed")
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
+    assert checkpoint.is_file() and not (folder / "resumed").exists()
+    again = train_py(folder / "resumed")
+    assert again.wait(timeout=300) == 0, again.stderr.read().decode()
+    assert "resuming at step" in again.stderr.read().decode()
+    a = torch.load(folder / "whole" / "best_model.pth")
+    b = torch.load(folder / "resumed" / "best_model.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [(folder / f / "training_log.jsonl").read_text() for f in ("whole", "resumed")]
+    assert logs[0] == logs[1] and len(logs[0].splitlines()) == 8
