@@ -18,19 +18,21 @@ TINY = {"crop_size": 32, "batch_size": 3, "steps": 6, "validate_every": 2, "base
 
 
 def scene_with_labels(folder: Path) -> tuple[Path, Path]:
-    """A 320 x 320 px scene with bright discs (the labels) on a textured background."""
+    """A 320 x 320 px scene with bright discs (the labels) on a textured background; column
+    ``kind`` of the labels: ``red`` discs are bright in band 1, ``green`` ones in band 2."""
     rng = np.random.default_rng(3)
     rows, cols = np.mgrid[0:320, 0:320]
     data = rng.integers(40, 90, (3, 320, 320)).astype(np.uint8)
     x0, y0 = lattice_transform(3200, 6400) @ (0, 0)
-    discs = []
-    for c, r in rng.uniform(20, 300, (14, 2)):
+    discs, kinds = [], []
+    for i, (c, r) in enumerate(rng.uniform(20, 300, (14, 2))):
         inside = np.hypot(cols + 0.5 - c, rows + 0.5 - r) < 9
-        data[0][inside] = 200
+        data[i % 2][inside] = 200
         discs.append(shapely.Point(x0 + 3 * c, y0 - 3 * r).buffer(27, quad_segs=32))
+        kinds.append(("red", "green")[i % 2])
     scene = write_raster(folder / "scene.tif", data, lattice_transform(3200, 6400))
     labels = folder / "labels.gpkg"
-    gpd.GeoDataFrame(geometry=discs, crs="EPSG:3413").to_file(labels)
+    gpd.GeoDataFrame({"kind": kinds}, geometry=discs, crs="EPSG:3413").to_file(labels)
     return scene, labels
 
 

@@ -65,3 +65,41 @@ def test_the_report_pools_the_folds_and_a_rerun_skips_them(run):
     tp, fp, fn = (report["pooled"][k] for k in ("tp", "fp", "fn"))
     assert report["pooled"]["iou"] == pytest.approx(tp / (tp + fp + fn))
     assert crossval(exp)["skipped"] == 2
+
+
+def held_out_labels(exp, fold: int, box) -> np.ndarray:
+    """The fold's labels (255 where no tile reaches or no data) mosaicked over ``box``."""
+    data = StoreData(exp.train.store, fold)
+    t, index = data.tile_size, data.split.validate
+    _, labels = data.tiles(index)
+    col0, row0 = (data.file["tiles"][k][()][index] for k in ("col0", "row0"))
+    out = np.full(box[2:], 255, np.uint8)
+    for lab, c, r in zip(labels, col0 - box[0], row0 - box[1], strict=True):
+        np.minimum(out[r : r + t, c : c + t], lab, out=out[r : r + t, c : c + t])
+    data.close()
+    return out
+
+
+def test_a_store_of_two_classes_is_cross_validated_per_class(tmp_path_factory):
+    exp = store_experiment(tmp_path_factory.mktemp("classes"), steps=4, class_column="kind")
+    assert crossval(exp)["done"] == 2
+    root = RunPaths.of(exp).root / "crossval"
+    res, (ox, oy) = exp.grid.resolution, exp.grid.origin
+    matrices = []
+    for k in range(2):
+        metrics = json.loads((root / f"fold{k}" / "metrics.json").read_text())
+        with rasterio.open(root / f"fold{k}" / "errors.tif") as src:
+            pairs, t = src.read(1), src.transform
+        col0, row0 = round((t.c - ox) / res), round((oy - t.f) / res)
+        labels = held_out_labels(exp, k, (col0, row0, *pairs.shape))
+        scored = pairs != 255
+        np.testing.assert_array_equal(scored, labels != 255)
+        np.testing.assert_array_equal(pairs[scored] // 3, labels[scored])  # label * K + class
+        matrix = np.bincount(pairs[scored], minlength=9).reshape(3, 3)
+        assert metrics["confusion_matrix"] == matrix.tolist()
+        assert list(metrics["per_class"]) == ["background", "green", "red"]
+        assert metrics["overall_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+        matrices.append(matrix)
+    report = json.loads((root / "report.json").read_text())
+    assert report["pooled"]["confusion_matrix"] == sum(matrices).tolist()
+    assert (root / "confusion.png").stat().st_size > 1000

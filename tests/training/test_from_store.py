@@ -3,6 +3,7 @@ and a killed run that resumes to the same weights."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -12,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from training_store import store_experiment
 
 from conftest import REPO
+from deepseg.model.inference import probabilities
 from deepseg.model.loading import load_model
 from deepseg.training import store_data
 from deepseg.training.from_store import train_from_store
+from deepseg.training.scoring import class_calibration, class_loss
 from deepseg.training.store_data import StoreData, dihedral, split_folds
 
 
@@ -134,3 +138,41 @@ def test_train_py_killed_by_sigkill_resumes_to_the_same_weights(tmp_path_factory
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logs = [(folder / f / "training_log.jsonl").read_text() for f in ("whole", "resumed")]
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 8
+
+
+def test_a_store_of_two_classes_trains_a_model_that_predict_reads_as_three_classes(
+    tmp_path_factory,
+):
+    folder = tmp_path_factory.mktemp("classes")
+    exp = store_experiment(folder, class_column="kind", steps=4)
+    assert StoreData(exp.train.store, 0).classes == ("green", "red")
+    result = train_from_store(exp, output=folder / "model")
+    model = load_model(folder / "model", bands=3, device="cpu")
+    assert model.classes == 3
+    assert model.card.class_table.names == ("background", "green", "red")
+    rows = [
+        json.loads(r) for r in (folder / "model" / "training_log.jsonl").read_text().splitlines()
+    ]
+    assert rows[-1]["threshold"] == 0.5 and 0 <= result["fbeta"] <= 1
+    x = torch.zeros(1, 3, 64, 64)
+    assert probabilities(model, x, "fp32").shape == (1, 3, 64, 64)  # all K probabilities
+
+
+def test_the_class_loss_leaves_out_weight_0_and_is_least_for_the_truth():
+    target = torch.tensor([[[[0, 1], [2, 1]]]])
+    weight = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    right = F.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float() * 20
+    wrong = right.roll(1, dims=1)
+    assert class_loss(right, target, weight) < 0.01 < class_loss(wrong, target, weight)
+    changed = right.clone()
+    changed[0, :, 1, 1] = torch.tensor([20.0, 0, 0])  # the weight-0 pixel: no change
+    assert class_loss(changed, target, weight) == class_loss(right, target, weight)
+
+
+def test_class_calibration_is_the_macro_score_of_the_labelled_classes():
+    matrix = np.array([[50, 5, 0], [10, 30, 10], [0, 0, 20]])  # rows: label
+    cal = class_calibration(matrix, beta=1.0)
+    p = np.array([30 / 35, 20 / 30])
+    r = np.array([30 / 50, 20 / 20])
+    assert cal.precision == pytest.approx(p.mean()) and cal.recall == pytest.approx(r.mean())
+    assert cal.fbeta == pytest.approx((2 * p * r / (p + r)).mean())

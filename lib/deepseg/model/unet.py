@@ -82,10 +82,12 @@ class DeepSegUNet(nn.Module):
 
 
 def build_unet(cfg: dict[str, Any]) -> DeepSegUNet:
-    """The U-Net a model ``config.yaml`` describes (keys as in ``DeepSegUNet``; others ignored)."""
+    """The U-Net a model ``config.yaml`` describes (keys as in ``DeepSegUNet``; others ignored;
+    ``classes`` K, or the K class names)."""
+    classes = cfg.get("classes", 1)
     return DeepSegUNet(
         in_channels=cfg.get("in_channels", 3),
-        classes=cfg.get("classes", 1),
+        classes=len(classes) if isinstance(classes, list) else classes,
         base_channels=cfg.get("base_channels", 16),
         depth=cfg.get("depth", 4),
     )

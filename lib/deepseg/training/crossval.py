@@ -7,9 +7,14 @@ against the labels (label >= 1 positive; pixels without data left out):
 ``crossval/fold{k}/metrics.json`` (TP, FP, FN, TN; precision, recall, F1, F0.5, IoU) and
 ``crossval/fold{k}/errors.tif``, a COG in ``crs`` on the grid lattice over the fold's tiles:
 0 TN, 1 FP, 2 FN, 3 TP, 255 outside the fold. The finish pools the folds' counts into
-``crossval/report.json``. Runs on Slurm like every stage (one array task per fold, on GPU
-nodes: ``uses_gpu``); a killed fold resumes from its training checkpoint. Memory: a fold's
-predictions over the box of its tiles (a training region, not a continent).
+``crossval/report.json``. A K-class model (a store of several classes) is scored per class
+instead: overlapping tiles keep the most confident one's class, ``metrics.json`` holds the
+confusion matrix and per-class precision, recall, F1 and IoU, overall accuracy and kappa
+(``qa.class_scores``), ``errors.tif`` holds label * K + predicted class (0 .. K*K - 1, so
+K <= 15) and the finish also draws the pooled matrix, ``crossval/confusion.png``. Runs on
+Slurm like every stage (one array task per fold, on GPU nodes: ``uses_gpu``); a killed fold
+resumes from its training checkpoint. Memory: a fold's predictions over the box of its
+tiles (a training region, not a continent).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import torch
 from rasterio.shutil import copy as rio_copy
 
 from ..config import Experiment
+from ..core.errors import DeepSegError
 from ..geo.grid import PixelBox, TileGrid
 from ..model.loading import load_model
+from ..qa.class_scores import class_scores, write_confusion_png
 from ..run.driver import run
 from ..run.manifest import digest
 from ..run.stage import Stage, UnitResult
@@ -59,9 +66,15 @@ class FoldWorker:
         train_from_store(exp, force=True, output=where / "model")
         model = load_model(where / "model", len(exp.input.bands), exp.train.device)
         counts = score_fold(exp, model, where / "errors.tif")
+        tiles = counts.pop("tiles")
+        if "confusion_matrix" in counts:
+            names = model.card.class_table.names
+            record = {**counts, **class_scores(np.array(counts["confusion_matrix"]), names)}
+        else:
+            record = metrics(counts)
         with atomic_path(where / "metrics.json") as tmp:
-            tmp.write_text(json.dumps({"fold": k, **metrics(counts)}, indent=2) + "\n")
-        return UnitResult(fold_outputs(self.exp, unit), {"tiles": counts.pop("tiles")})
+            tmp.write_text(json.dumps({"fold": k, **record}, indent=2) + "\n")
+        return UnitResult(fold_outputs(self.exp, unit), {"tiles": tiles})
 
 
 @torch.no_grad()
@@ -71,29 +84,53 @@ def score_fold(exp: Experiment, model, target: Path) -> dict[str, int]:
     grid, t = TileGrid.from_experiment(exp), data.tile_size
     col0, row0 = (data.file["tiles"][k][()][data.split.validate] for k in ("col0", "row0"))
     box = PixelBox(int(col0.min()), int(row0.min()), int(col0.max()) + t, int(row0.max()) + t)
-    prob = np.full((box.height, box.width), -1.0, np.float32)
+    prob = np.full((box.height, box.width), -1.0, np.float32)  # K-class: the top class's
     labels = np.full((box.height, box.width), 255, np.uint8)
+    top = np.zeros((box.height, box.width), np.uint8)  # K-class: the most probable class
     model.network.eval()
     index = data.split.validate
     for start in range(0, len(index), exp.train.batch_size):
         part = index[start : start + exp.train.batch_size]
         images, tile_labels = data.tiles(part)
         x, _, _ = normalized(images, tile_labels, model.card.mean, model.card.std)
-        p = torch.sigmoid(model.network(x.to(model.device))[:, 0]).cpu().numpy()
+        p, c = _tile_predictions(model, x)
         p[tile_labels == 255] = -1
         for j, i in enumerate(range(start, start + len(part))):  # a tile at a time: few
             rows = slice(row0[i] - box.row0, row0[i] - box.row0 + t)
             cols = slice(col0[i] - box.col0, col0[i] - box.col0 + t)
+            np.copyto(top[rows, cols], c[j], where=p[j] > prob[rows, cols])
             np.maximum(prob[rows, cols], p[j], out=prob[rows, cols])
             labels[rows, cols] = np.minimum(labels[rows, cols], tile_labels[j])
     data.close()
     scored = (prob >= 0) & (labels != 255)
+    if model.classes > 1:
+        return _class_errors(exp, grid, box, scored, labels, top, model.classes, len(index), target)
     predicted, truth = prob >= model.card.threshold, (labels >= 1) & (labels != 255)
     errors = np.where(scored, predicted.astype(np.uint8) + 2 * truth, ERROR_NODATA)
     errors = errors.astype(np.uint8)
     _write_cog(errors, grid, box, exp.crs, target)
     counts = {n: int((errors == v).sum()) for n, v in (("tn", 0), ("fp", 1), ("fn", 2), ("tp", 3))}
     return {**counts, "tiles": len(index)}
+
+
+def _tile_predictions(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of (n, C, T, T) normalized tiles: the probability (K-class: of the top
+    class) and the top class (0 for a one-channel model)."""
+    logits = model.network(x.to(model.device)).cpu()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0]).numpy(), np.zeros(logits[:, 0].shape, np.uint8)
+    best, top = torch.softmax(logits, dim=1).max(dim=1)
+    return best.numpy(), top.numpy().astype(np.uint8)
+
+
+def _class_errors(exp, grid, box, scored, labels, top, k: int, tiles: int, target: Path) -> dict:
+    """A K-class fold: the error COG (label * K + predicted class) and its confusion matrix."""
+    if k * k > ERROR_NODATA:
+        raise DeepSegError(f"crossval: {k} classes do not fit the uint8 error raster (K <= 15)")
+    pairs = np.where(scored, labels.astype(np.int64) * k + top, ERROR_NODATA)
+    _write_cog(pairs.astype(np.uint8), grid, box, exp.crs, target)
+    matrix = np.bincount(pairs[scored], minlength=k * k).reshape(k, k)
+    return {"confusion_matrix": matrix.tolist(), "tiles": tiles}
 
 
 def metrics(c: dict[str, int]) -> dict[str, float | int | None]:
@@ -126,6 +163,8 @@ def _write_cog(errors: np.ndarray, grid: TileGrid, box: PixelBox, crs: str, targ
 def pooled(exp: Experiment, redo: bool) -> dict[str, object]:
     """Sum every fold's counts into ``crossval/report.json`` (the folds' metrics beside)."""
     folds = [json.loads((folder(exp, u) / "metrics.json").read_text()) for u in fold_units(exp)]
+    if "confusion_matrix" in folds[0]:
+        return _pooled_classes(exp, folds)
     total = {k: sum(f[k] for f in folds) for k in ("tp", "fp", "fn", "tn")}
     report = {"pooled": metrics(total), "folds": folds}
     with atomic_path(RunPaths.of(exp).root / "crossval" / "report.json") as tmp:
@@ -134,6 +173,20 @@ def pooled(exp: Experiment, redo: bool) -> dict[str, object]:
     log.info("crossval: %d folds, pooled precision %s, recall %s, F0.5 %s, IoU %s", len(folds),
              *(f"{p[k]:.3f}" if p[k] is not None else "n/a"
                for k in ("precision", "recall", "f0_5", "iou")))  # fmt: skip
+    return {"folds": len(folds)}
+
+
+def _pooled_classes(exp: Experiment, folds: list[dict]) -> dict[str, object]:
+    """K-class folds: their confusion matrices summed, scored and drawn."""
+    root, names = RunPaths.of(exp).root / "crossval", tuple(folds[0]["per_class"])
+    matrix = sum(np.array(f["confusion_matrix"]) for f in folds)
+    pooled = {"confusion_matrix": matrix.tolist(), **class_scores(matrix, names)}
+    with atomic_path(root / "report.json") as tmp:
+        tmp.write_text(json.dumps({"pooled": pooled, "folds": folds}, indent=2) + "\n")
+    title = f"{exp.name}: crossval, {len(folds)} folds pooled"
+    write_confusion_png(root / "confusion.png", matrix, names, title)
+    log.info("crossval: %d folds, pooled overall accuracy %.3f, kappa %s", len(folds),
+             pooled["overall_accuracy"] or 0, pooled["kappa"])  # fmt: skip
     return {"folds": len(folds)}
 
 

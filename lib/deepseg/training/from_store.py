@@ -6,12 +6,16 @@ without input data left out) from ``stores.training_store``'s tiles, drawn by ``
 one-cycle learning rate peaking at ``train.learning_rate``. Every ``train.validate_every``
 steps (and at the last) the validation tiles are predicted whole and the threshold with the
 best pixel F-beta (``evaluate.beta``) is found; the step with the best F-beta is the one
-written. Each validation also writes a checkpoint (weights, optimizer, schedule, random
-states) to ``.{model folder}.training/`` beside the model folder, so a killed run restarted
-with the same settings resumes there and ends with the same weights as an uninterrupted one
-(same machine and torch build). Written: ``best_model.pth``, ``normalization_stats.json``
-(the store's statistics and ``data_version``), ``config.yaml`` (threshold, training
-settings), ``training_log.jsonl`` (one line per validation) and ``training_curves.png``.
+written. A store of several classes (``train.class_column``) trains a K-class model instead
+(background + its classes; cross-entropy plus soft Dice over the classes; the step with the
+best macro F-beta of the labelled classes is kept) whose config.yaml names the classes, so
+predict makes a K-class run of it. Each validation also writes a checkpoint (weights,
+optimizer, schedule, random states) to ``.{model folder}.training/`` beside the model
+folder, so a killed run restarted with the same settings resumes there and ends with the
+same weights as an uninterrupted one (same machine and torch build). Written:
+``best_model.pth``, ``normalization_stats.json`` (the store's statistics and
+``data_version``), ``config.yaml`` (threshold, classes, training settings),
+``training_log.jsonl`` (one line per validation) and ``training_curves.png``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from ..model.unet import DeepSegUNet
 from ..qa.metrics import PixelTally
 from ..run.manifest import digest
 from ..storage.paths import atomic_folder, atomic_path
-from .scoring import Calibration, calibrate_tally, segmentation_loss
+from .scoring import (
+    Calibration,
+    calibrate_tally,
+    class_calibration,
+    class_loss,
+    segmentation_loss,
+)
 from .store_data import StoreData, normalized
 
 log = logging.getLogger(__name__)
@@ -62,7 +72,10 @@ def train_from_store(exp: Experiment, force: bool = False, output: Path | None =
     device = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    network = DeepSegUNet(len(mean), 1, cfg.base_channels, cfg.depth)
+    multi = len(data.classes) > 1  # a K-class model: background and the store's classes
+    loss_of = class_loss if multi else segmentation_loss
+    network = DeepSegUNet(len(mean), len(data.classes) + 1 if multi else 1, cfg.base_channels,
+                          cfg.depth)  # fmt: skip
     network = network.to(device, memory_format=torch.channels_last)  # 1.4x faster on CPU
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -82,9 +95,9 @@ def train_from_store(exp: Experiment, force: bool = False, output: Path | None =
         log.info("train: resuming at step %d from %s", run["step"] + 1, work)
     steps = range(run["step"] + 1, cfg.steps + 1)
     for step in progress(steps, len(steps), "train: steps", log):
-        x, y, w = (v.to(device) for v in data.batch(rng, cfg.batch_size, crop, mean, std))
+        x, y, w = (v.to(device) for v in data.batch(rng, cfg.batch_size, crop, mean, std, multi))
         network.train()
-        loss = segmentation_loss(network(x), y, w)
+        loss = loss_of(network(x), y, w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,7 +120,8 @@ def train_from_store(exp: Experiment, force: bool = False, output: Path | None =
         _save_checkpoint(work, made_from, network, optimizer, schedule, rng, run)
     data.close()
     step, cal, state = run["best"]
-    _write_folder(target, exp, state, stats, step, cal, run["rows"])
+    classes = ["background", *data.classes] if multi else 1
+    _write_folder(target, exp, state, stats, step, cal, run["rows"], classes)
     shutil.rmtree(work, ignore_errors=True)
     log.info("train: wrote %s (step %d, threshold %.3f, validation F-beta %.3f)", target, step,
              cal.threshold, cal.fbeta)  # fmt: skip
@@ -116,17 +130,24 @@ def train_from_store(exp: Experiment, force: bool = False, output: Path | None =
 
 @torch.no_grad()
 def validate(network, data: StoreData, mean, std, device, beta: float, batch: int) -> Calibration:
-    """The best-F-beta threshold over every validation tile's pixels (tiles predicted whole)."""
+    """The best-F-beta threshold over every validation tile's pixels (tiles predicted whole);
+    a K-class network's macro scores (``class_calibration``)."""
     network.eval()
-    tally = PixelTally()
+    tally, k = PixelTally(), len(data.classes) + 1
+    matrix = np.zeros((k, k), np.int64)
     index = data.split.validate
     for start in range(0, len(index), batch):
         images, labels = data.tiles(index[start : start + batch])
         x, y, w = normalized(images, labels, mean, std)
-        prob = torch.sigmoid(network(x.to(device))).cpu().numpy()
+        logits = network(x.to(device)).cpu()
         keep = w.numpy() > 0
+        if logits.shape[1] > 1:
+            pairs = labels[keep[:, 0]].astype(np.int64) * k + logits.argmax(1).numpy()[keep[:, 0]]
+            matrix += np.bincount(pairs, minlength=k * k).reshape(k, k)
+            continue
+        prob = torch.sigmoid(logits).numpy()
         tally.add(prob[keep], np.zeros(int(keep.sum()), bool), y.numpy()[keep] > 0)
-    return calibrate_tally(tally, beta)
+    return class_calibration(matrix, beta) if matrix.any() else calibrate_tally(tally, beta)
 
 
 def _store_stats(store: Path) -> dict:
@@ -159,13 +180,13 @@ def _save_checkpoint(work: Path, made_from: str, network, optimizer, schedule, r
 
 
 def _write_folder(folder: Path, exp: Experiment, state, stats: dict, step: int,
-                  cal: Calibration, rows: list[dict]) -> None:  # fmt: skip
+                  cal: Calibration, rows: list[dict], classes: int | list) -> None:  # fmt: skip
     """The model folder in the deployment layout (``model.card``), written atomically."""
     cfg = exp.train
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, weights)
     config = {
-        "framework": "deepseg-unet", "in_channels": len(stats["mean"]), "classes": 1,
+        "framework": "deepseg-unet", "in_channels": len(stats["mean"]), "classes": classes,
         "base_channels": cfg.base_channels, "depth": cfg.depth, "threshold": cal.threshold,
         "model_version": f"{exp.name}-unet-{stats['data_version']}",
         "description": f"DeepSeg U-Net trained by train.py on {cfg.store} (experiment "

@@ -6,11 +6,14 @@ no validation pixel is ever trained on. A batch is ``train.batch_size`` crops of
 ``train.crop_size`` px, each from a random training tile at a random offset, turned by one of
 the 8 flips and rotations (exact: labels are never resampled), some with a nodata strip at
 one side (``NODATA_EDGE_SHARE``), normalized as predict.py does.
-Target: label >= 1 (any class); weight 0 where the input has no data (label 255).
+Target: label >= 1 (any class), or with ``classes`` the label itself (0 background, k class
+k: a store of several classes trains a K-class model); weight 0 where the input has no data
+(label 255).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,7 @@ class StoreData:
         tiles = self.file["tiles"]
         self.tile_size = int(self.file.attrs["tile_size"])
         self.data_version = str(self.file.attrs["data_version"])
+        self.classes = tuple(json.loads(self.file.attrs["classes"]))  # class k: classes[k - 1]
         self.split = split_folds(
             tiles["col0"][()], tiles["row0"][()], tiles["fold"][()], held_fold, self.tile_size
         )
@@ -76,9 +80,11 @@ class StoreData:
         return np.stack([images[i] for i in index]), np.stack([labels[i] for i in index])
 
     def batch(
-        self, rng: np.random.Generator, size: int, crop: int, mean: np.ndarray, std: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalized crops (n, bands, crop, crop) float32, target and weight (n, 1, crop, crop)."""
+        self, rng: np.random.Generator, size: int, crop: int, mean: np.ndarray, std: np.ndarray,
+        classes: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Normalized crops (n, bands, crop, crop) float32, target and weight (n, 1, crop, crop)
+        (see ``normalized`` for ``classes``)."""
         index = rng.choice(self.split.train, size=size)
         images, labels = self.tiles(index)
         offsets = rng.integers(0, self.tile_size - crop + 1, size=(size, 2))
@@ -95,7 +101,7 @@ class StoreData:
                 y[:, : widths[i]] = LABEL_NODATA
             xs.append(dihedral(x, int(turn)))
             ys.append(y)
-        return normalized(np.stack(xs), np.stack(ys), mean, std)
+        return normalized(np.stack(xs), np.stack(ys), mean, std, classes)
 
     def close(self) -> None:
         self.file.close()
@@ -108,13 +114,18 @@ def dihedral(array: np.ndarray, turn: int) -> np.ndarray:
 
 
 def normalized(
-    images: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray,
+    classes: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(x - mean) / std per band (0 where no band has data, as predict.py feeds nodata),
-    target (label 1..254) and weight (label != 255), as float32 tensors."""
+    target (label 1..254; with ``classes`` the label, int64, 0 where it is 255) and weight
+    (label != 255), float32 tensors."""
     valid = labels != LABEL_NODATA
     x = (images.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
     x *= valid[:, None]
-    target = ((labels >= 1) & valid).astype(np.float32)[:, None]
+    if classes:
+        target = np.where(valid, labels, 0).astype(np.int64)[:, None]
+    else:
+        target = ((labels >= 1) & valid).astype(np.float32)[:, None]
     weight = valid.astype(np.float32)[:, None]
     return torch.from_numpy(x), torch.from_numpy(target), torch.from_numpy(weight)
