@@ -4,10 +4,12 @@ computes on the whole scene at once, at chunk and region borders, for both merge
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -218,12 +220,11 @@ def test_three_class_products_equal_numpy_on_the_whole_scene(tmp_path, three_cla
         np.testing.assert_array_equal(scales, np.where(ref["valid"][at], 1, 255))
     log = json.loads(paths.run_log.read_text())
     assert [c["name"] for c in log["classes"]] == list(CLASSES)
-    with pytest.raises(DeepSegError, match="3 classes"):
-        vectorize(exp)
+    with pytest.raises(DeepSegError, match="vectorize.classes: 'rock' is not a class"):
+        rock = dataclasses.replace(exp.vectorize, classes=("rock",))
+        vectorize(dataclasses.replace(exp, vectorize=rock))
     with pytest.raises(DeepSegError, match="class_column"):
         evaluate(exp, reference=tmp_path / "scene.gpkg")  # polygons without a class column
-    report = check_run(exp)
-    assert report["ok"] and not report["chunks_missing_from_merged"], report
 
 
 def test_max_keeps_the_whole_vector_of_the_most_confident_tile():
@@ -255,9 +256,9 @@ def test_sinusoidal_fusion_is_the_weighted_mean_per_class():
 
 
 def test_scales_fuse_by_the_most_confident_vector_and_record_agreement(tmp_path, three_class_model):
-    data = np.random.default_rng(4).integers(1, 255, size=(3, 200, 200), dtype=np.uint8)
+    data = np.random.default_rng(4).integers(1, 255, size=(3, 160, 160), dtype=np.uint8)
     raster = write_raster(tmp_path / "scene.tif", data, lattice_transform(*OFFGRID_AT))
-    grid = {"tile_size": 32, "stride": 16, "chunk_tiles": 2}
+    grid = {"tile_size": 64, "stride": 32, "chunk_tiles": 2}
 
     def probs_and_bits(name, scales):
         exp = load_experiment(write_experiment(
@@ -282,3 +283,42 @@ def test_scales_fuse_by_the_most_confident_vector_and_record_agreement(tmp_path,
     np.testing.assert_array_equal(bits & 1, single.argmax(axis=0) == top)
     np.testing.assert_array_equal((bits >> 1) & 1, half.argmax(axis=0) == top)
     assert ((bits & 1) == 0).any() and ((bits >> 1) & 1 == 0).any()  # they disagree somewhere
+
+
+# normalized inputs the known 1x1 convolution gives class 0, 1 and 2, as raw pixel values
+CLASS_COLOURS = [np.array(x) * STD + MEAN for x in ([2, -1, 0], [0, 2, -1], [0, 0, 2])]
+RECTANGLES = {  # class -> scene (col0, row0, col1, row1): across chunk (64 px) and region borders
+    1: [(10, 10, 40, 30), (120, 100, 190, 140), (60, 200, 62, 250)],
+    2: [(140, 20, 160, 60), (200, 150, 290, 240), (40, 120, 70, 125)],
+}
+
+
+def test_vectorize_writes_a_polygon_layer_per_class(tmp_path, three_class_model):
+    data = np.empty((3, 257, 301), np.uint8)
+    data[:] = CLASS_COLOURS[0].astype(np.uint8)[:, None, None]
+    for k, boxes in RECTANGLES.items():
+        for c0, r0, c1, r1 in boxes:
+            data[:, r0:r1, c0:c1] = CLASS_COLOURS[k].astype(np.uint8)[:, None, None]
+    data[:, 0:8, 250:301] = 0  # nodata
+    scene = write_raster(tmp_path / "scene.tif", data, lattice_transform(*OFFGRID_AT))
+    regions = {"west": region_bounds(0, SPLIT_COL, 257), "east": region_bounds(SPLIT_COL, 301, 257)}
+    exp = load_experiment(write_experiment(tmp_path, [scene], three_class_model, regions=regions))
+    for stage in (create_tiles, predict, merge, vectorize):
+        stage(exp)
+    path = RunPaths.of(exp).polygons
+    assert sorted(n for n, _ in pyogrio.list_layers(path)) == ["floor", "footprints", "headwall"]
+    ref = whole_scene_reference(data)
+    x, y = ORIGIN[0] + OFFGRID_AT[0] * RES, ORIGIN[1] - OFFGRID_AT[1] * RES
+    for k, name in ((1, "floor"), (2, "headwall")):
+        found = gpd.read_file(path, layer=name).sort_values("area_m2").reset_index(drop=True)
+        boxes = sorted(RECTANGLES[k], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+        assert len(found) == len(boxes) and (found["class"] == name).all()
+        for row, (c0, r0, c1, r1) in zip(found.itertuples(), boxes, strict=True):
+            box = shapely.box(x + c0 * RES, y - r1 * RES, x + c1 * RES, y - r0 * RES)
+            assert row.area_m2 == (c1 - c0) * (r1 - r0) * RES**2
+            assert shapely.equals(row.geometry, box)
+            assert row.rts_id == f"{name}_{OFFGRID_AT[0] + c0:07d}_{OFFGRID_AT[1] + r0:07d}"
+            assert row.mean_prob == pytest.approx(ref["probs"][k, r0, c0], abs=1e-6)
+    assert "floor 3, headwall 3" in summarize(exp)
+    report = check_run(exp)
+    assert report["ok"] and not report["chunks_missing_from_merged"], report

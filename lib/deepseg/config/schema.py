@@ -146,6 +146,7 @@ class VectorizeConfig:
 
     min_area_m2: NonNegative = 0.0
     simplify_m: NonNegative = 0.0
+    classes: tuple[str, ...] = ()  # K-class runs: a layer per class; () all but the first
 
 
 @dataclass(frozen=True)

@@ -216,11 +216,11 @@ def check_run(exp: Experiment) -> dict[str, Any]:
             for p in merge_outputs(exp, region)
             if not paths.done(p)
         ]
-        if paths.done(paths.polygons):
+        if not paths.done(paths.polygons):
+            report["outputs_missing"].append(paths.show(paths.polygons))
+        elif not index.classes:  # a K-class run's layers per class are not checked here
             found = polygons_outside(exp, paths, grid, index)
             report["polygons_outside_predicted_area"] = found
-        elif not index.classes:  # K-class runs have no polygons (yet)
-            report["outputs_missing"].append(paths.show(paths.polygons))
     report["counts"] = {
         "chunks": len(units),
         **{key: len(report[key]) for key in FINDINGS},

@@ -22,7 +22,7 @@ import pyogrio
 from ..config import Experiment
 from ..run.runlog import read_run_log
 from ..stages.assembly import DEFAULT_REGION
-from ..stages.vectorize import LAYER
+from ..stages.polygons import FOOTPRINTS, LAYER
 from ..storage.paths import RunPaths
 
 STAGES = ("create_tiles", "predict", "merge_parts", "merge", "vectorize", "evaluate")
@@ -95,8 +95,12 @@ def summarize(exp: Experiment) -> str:
     paths = RunPaths.of(exp)
     found = "found:    no polygons yet (run vectorize.py)"
     if paths.done(paths.polygons):
-        count = pyogrio.read_info(paths.local(paths.polygons), layer=LAYER)["features"]
-        found = f"found:    {count} polygons"
+        local = paths.local(paths.polygons)
+        layers = [str(n) for n, _ in pyogrio.list_layers(local) if n != FOOTPRINTS]
+        counts = {n: pyogrio.read_info(local, layer=n)["features"] for n in layers}
+        found = f"found:    {sum(counts.values())} polygons"
+        if layers != [LAYER]:  # a K-class run: a layer per class
+            found += " (" + ", ".join(f"{n} {c}" for n, c in counts.items()) + ")"
     report = None
     if paths.done(paths.evaluation_report):
         report = json.loads(paths.local(paths.evaluation_report).read_text())

@@ -14,21 +14,25 @@ outside every region are dropped), ``area_m2``, ``perimeter_m`` (holes included)
 ``detection_scale`` (the scales that reached the threshold on it, e.g. ``1.0,0.5``) and
 ``tile_ids`` (the grid tiles its pixels fall in). Layer ``footprints``: the predicted (valid)
 area, one polygon per chunk, so downstream tools can deduplicate overlapping runs.
+
+A K-class run (see ``layers``) gets one layer per class of ``vectorize.classes`` (default:
+every class but the first, the background) instead of ``rts_predictions``: its objects are
+the 4-connected areas where that class is the most probable, with ``class``, ids named after
+it and ``mean_prob``/``max_prob`` of that class. A K-class core is read whole.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from pyproj import Transformer
 
 from ..config import Experiment
+from ..core.errors import DeepSegError
 from ..core.progress import progress
 from ..geo.grid import TileGrid
 from ..model.threshold import merge_threshold, threshold_identity
@@ -37,31 +41,46 @@ from ..run.manifest import digest, done_runs
 from ..run.runlog import update_run_log
 from ..run.stage import Stage, UnitResult
 from ..storage.paths import RunPaths, atomic_path
-from .assembly import DEFAULT_REGION, StoreIndex, check_predicted, regions
-from .hot_blocks import assemble_hot
-from .pieces import chunk_footprint, chunk_pieces, tile_ids
+from ..stores.layout import PROB_NODATA
+from .assembly import StoreIndex, assemble, check_predicted, regions
+from .hot_blocks import CoreMap, assemble_hot
+from .pieces import chunk_footprint, chunk_pieces
+from .polygons import (
+    COLUMNS,
+    FOOTPRINTS,
+    LAYER,
+    PIECE_TYPES,
+    PolygonWriter,
+    empty_pieces,
+    finalize,
+    join_open,
+    read_pieces,
+)
 
 log = logging.getLogger(__name__)
-LAYER, FOOTPRINTS = "rts_predictions", "footprints"
-COLUMNS = {
-    "rts_id": "str",
-    "region": "str",
-    "area_m2": "float64",
-    "perimeter_m": "float64",
-    "centroid_lat": "float64",
-    "centroid_lon": "float64",
-    "mean_prob": "float64",
-    "max_prob": "float64",
-    "detection_scale": "str",
-    "tile_ids": "str",
-}
+__all__ = ["COLUMNS", "LAYER", "STAGE", "vectorize"]
+CLASS_ON = float(np.finfo(np.float32).tiny)  # a class's pixels carry its probability, >= 1/K
+
+
+def polygon_layers(exp: Experiment, index: StoreIndex) -> list[tuple[str, str | None]]:
+    """(GeoPackage layer, class) pairs: (rts_predictions, None), or one per K-class class."""
+    if not index.classes:
+        return [(LAYER, None)]
+    chosen = list(exp.vectorize.classes) or list(index.classes[1:])
+    wrong = [c for c in chosen if c not in index.classes or c == FOOTPRINTS]
+    if wrong:
+        raise DeepSegError(
+            f"vectorize.classes: {wrong[0]!r} is not a class of this run "
+            f"({', '.join(index.classes)}) or is the layer name {FOOTPRINTS!r}"
+        )
+    return [(c, c) for c in chosen]
 
 
 def vectorize_units(exp: Experiment) -> list[str]:
     """Chunks whose core holds a predicted pixel (of any store) inside a region."""
     grid = TileGrid.from_experiment(exp)
     index = StoreIndex.of_run(RunPaths.of(exp))
-    index.require_binary("vectorize")
+    polygon_layers(exp, index)  # a wrong vectorize.classes fails before any work
     boxes = list(regions(exp, grid, index).values())
     n, units = grid.chunk_px, set()
     for valid in index.valid_boxes.values():
@@ -84,17 +103,25 @@ class VectorizeWorker:
         self.paths = RunPaths.of(exp)
         self.index = StoreIndex.local(self.paths)
         self.threshold = merge_threshold(exp, self.index.threshold)
+        self.classes = [c for _, c in polygon_layers(exp, self.index) if c is not None]
 
     def run(self, unit: str) -> UnitResult:
         core = self.grid.chunk_core(*TileGrid.parse_chunk_id(unit))
-        core_map = assemble_hot(self.grid, self.index, core, self.threshold)
-        footprint = chunk_footprint(core_map.valid, core, self.grid)
+        if self.classes:
+            frame, valid = self._class_pieces(core)
+        else:
+            core_map = assemble_hot(self.grid, self.index, core, self.threshold)
+            frame, valid = (
+                chunk_pieces(core_map, self.grid, self.threshold, self.exp.crs),
+                core_map.valid,
+            )
+        footprint = chunk_footprint(valid, core, self.grid)
         if footprint is None:
             return UnitResult([], {"pieces": 0})
-        frame = chunk_pieces(core_map, self.grid, self.threshold, self.exp.crs)
         frame["kind"] = "piece"
         # typed values in the footprint row too, so no column is written as text or float
         values = {c: pd.Series([0], dtype=t) for c, t in PIECE_TYPES.items()}
+        values.update({"class": pd.Series([""])} if self.classes else {})
         foot = gpd.GeoDataFrame(
             {**values, "kind": ["footprint"]}, geometry=[footprint], crs=self.exp.crs
         )
@@ -105,107 +132,19 @@ class VectorizeWorker:
             )
         return UnitResult([target], {"pieces": len(frame), "open_pieces": int(frame.open.sum())})
 
-
-PIECE_TYPES = {
-    "n_px": "int64",
-    "sum_prob": "float64",
-    "max_prob": "float64",
-    "scale_bits": "int64",
-    "first_row": "int64",
-    "first_col": "int64",
-    "open": "bool",
-}
-
-
-def read_pieces(path: Path) -> tuple[gpd.GeoDataFrame, shapely.Geometry]:
-    """A chunk's pieces (Polygon geometries) and its footprint, from its pieces file."""
-    frame = gpd.read_file(path)
-    is_piece = (frame["kind"] == "piece").to_numpy()
-    footprint = frame.geometry.values[~is_piece][0]
-    pieces = frame[is_piece].drop(columns="kind").astype(PIECE_TYPES)
-    pieces = pieces.set_geometry(shapely.get_geometry(pieces.geometry.values, 0), crs=frame.crs)
-    return pieces.reset_index(drop=True), footprint
-
-
-def join_open(pieces: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Join the open pieces that share an edge segment, summing their sums (union-find)."""
-    geoms = pieces.geometry.values
-    left, right = shapely.STRtree(geoms).query(geoms, predicate="touches")
-    left, right = left[left < right], right[left < right]
-    shared = shapely.intersection(shapely.boundary(geoms[left]), shapely.boundary(geoms[right]))
-    edge = shapely.length(shared) > 0  # a shared corner point does not connect (4-connected)
-    parent = np.arange(len(geoms))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(left[edge], right[edge], strict=True):
-        parent[root(a)] = root(b)
-    groups = pieces.assign(group=[root(i) for i in range(len(geoms))])
-    by_first = groups.sort_values(["first_row", "first_col"]).groupby("group")
-    sums = groups.groupby("group").agg(
-        n_px=("n_px", "sum"),
-        sum_prob=("sum_prob", "sum"),
-        max_prob=("max_prob", "max"),
-        scale_bits=("scale_bits", lambda b: int(np.bitwise_or.reduce(b.to_numpy()))),
-    )
-    sums[["first_row", "first_col"]] = by_first[["first_row", "first_col"]].first()
-    order = np.argsort(groups.group.to_numpy(), kind="stable")  # one sort, not a scan a group
-    ends = np.searchsorted(groups.group.to_numpy()[order], sums.index.to_numpy(), side="right")
-    unions = [shapely.union_all(part) for part in np.split(geoms[order], ends[:-1])]
-    return gpd.GeoDataFrame(sums.reset_index(drop=True), geometry=unions, crs=pieces.crs)
-
-
-def assign_regions(geoms: np.ndarray, boxes: dict[str, shapely.Geometry]) -> np.ndarray:
-    """Per polygon, the region it overlaps most (name order breaks ties); "" for none."""
-    if list(boxes) == [DEFAULT_REGION]:
-        return np.full(len(geoms), DEFAULT_REGION, dtype=object)
-    areas = np.zeros((len(boxes), len(geoms)))
-    for i, box in enumerate(boxes.values()):
-        hit = shapely.intersects(geoms, box)
-        areas[i, hit] = shapely.area(shapely.intersection(geoms[hit], box))
-    names = np.array(list(boxes) + [""], dtype=object)
-    best = np.where(areas.max(axis=0) > 0, areas.argmax(axis=0), len(boxes))
-    return names[best]
-
-
-def finalize(
-    parts: gpd.GeoDataFrame, exp: Experiment, boxes: dict[str, shapely.Geometry], scales
-) -> gpd.GeoDataFrame:
-    """Objects with their sums -> the output attributes, in regions, filtered, simplified."""
-    # drop vertices that lie exactly on a straight edge (left where cut pieces were joined), so
-    # the geometry does not depend on the chunking; no area changes
-    geoms = shapely.simplify(parts.geometry.values, 0.0, preserve_topology=True)
-    region = assign_regions(geoms, boxes)
-    keep = (region != "") & (shapely.area(geoms) >= exp.vectorize.min_area_m2)
-    parts, geoms, region = parts[keep], geoms[keep], region[keep]
-    centroids = shapely.centroid(geoms)
-    to_wgs84 = Transformer.from_crs(exp.crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_wgs84.transform(shapely.get_x(centroids), shapely.get_y(centroids))
-    bits = parts["scale_bits"].to_numpy().astype(np.int64)
-    table = {
-        "rts_id": [
-            f"rts_{c:07d}_{r:07d}" for c, r in zip(parts.first_col, parts.first_row, strict=True)
-        ],
-        "region": region,
-        "area_m2": shapely.area(geoms),
-        "perimeter_m": shapely.length(geoms),
-        "centroid_lat": lat,
-        "centroid_lon": lon,
-        "mean_prob": parts["sum_prob"].to_numpy() / parts["n_px"].to_numpy(),
-        "max_prob": parts["max_prob"].to_numpy(),
-        "detection_scale": [
-            ",".join(str(float(s)) for i, s in enumerate(scales) if b >> i & 1) for b in bits
-        ],
-        "tile_ids": tile_ids(geoms, TileGrid.from_experiment(exp)),
-    }
-    if exp.vectorize.simplify_m > 0:  # after the measurements, keeping holes and validity
-        geoms = shapely.simplify(geoms, exp.vectorize.simplify_m, preserve_topology=True)
-    frame = gpd.GeoDataFrame(pd.DataFrame(table).astype(COLUMNS), geometry=geoms, crs=exp.crs)
-    return frame.sort_values("rts_id").reset_index(drop=True)
+    def _class_pieces(self, core) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+        """Per chosen class, the pieces where it is the most probable (column ``class``)."""
+        prob, hits = assemble(self.grid, self.index, core)
+        valid, top = prob[0] != PROB_NODATA, prob.argmax(axis=0)
+        frames = []
+        for name in self.classes:
+            k = self.index.classes.index(name)
+            mine = np.where(valid, np.where(top == k, prob[k], 0.0), PROB_NODATA)
+            side = max(core.height, core.width)
+            m = CoreMap(core, mine.astype(np.float32), hits, valid, np.ones((1, 1), bool), side)
+            pieces = chunk_pieces(m, self.grid, CLASS_ON, self.exp.crs)
+            frames.append(pieces.assign(**{"class": name}))
+        return pd.concat(frames, ignore_index=True), valid
 
 
 def _region_geoms(
@@ -215,49 +154,47 @@ def _region_geoms(
 
 
 def gather(exp: Experiment, redo: bool) -> dict[str, int]:
-    """Stream every chunk's closed pieces, then the joined open ones, into the GeoPackage."""
+    """Stream every chunk's closed pieces, then the joined open ones, into the GeoPackage
+    (one layer, or one per class of a K-class run)."""
     paths = RunPaths.of(exp)
     if paths.polygons.exists() and not redo:
         return {}
     grid, index = TileGrid.from_experiment(exp), StoreIndex.of_run(paths)
-    boxes, scales = _region_geoms(exp, grid, index), index.scales
+    boxes, scales, layers = (
+        _region_geoms(exp, grid, index),
+        index.scales,
+        polygon_layers(exp, index),
+    )
     units = set(vectorize_units(exp))  # pieces of chunks no longer in a region are stale
     files = [f for f in paths.finished(paths.pieces, ".fgb") if f.stem in units]
-    written, area_m2, open_parts, footprints = 0, 0.0, [], []
+    area_m2, open_parts, footprints = 0.0, {layer: [] for layer, _ in layers}, []
     with atomic_path(paths.polygons) as tmp:
+        out = PolygonWriter(tmp)
         for path in progress(files, len(files), "vectorize: gathering chunks", log):
             pieces, footprint = read_pieces(paths.local(path))
             footprints.append({"chunk_id": path.stem, "geometry": footprint})
-            open_parts.append(pieces[pieces["open"]])
-            closed = finalize(pieces[~pieces["open"]], exp, boxes, scales)
-            written += _append(tmp, closed, written)
-            area_m2 += closed.area_m2.sum()
-        open_pieces = pd.concat([_empty_pieces(exp), *open_parts], ignore_index=True)
-        if len(open_pieces):
-            joined = join_open(gpd.GeoDataFrame(open_pieces, crs=exp.crs))
-            objects = finalize(joined, exp, boxes, scales)
-            written += _append(tmp, objects, written)
-            area_m2 += objects.area_m2.sum()
-        if not written:
-            _append(tmp, finalize(_empty_pieces(exp), exp, boxes, scales), 0, force=True)
+            for layer, name in layers:
+                mine = pieces if name is None else pieces[pieces["class"] == name]
+                open_parts[layer].append(mine[mine["open"]])
+                closed = finalize(mine[~mine["open"]], exp, boxes, scales, name)
+                out.add(closed, layer)
+                area_m2 += closed.area_m2.sum()
+        for layer, name in layers:
+            open_pieces = pd.concat([empty_pieces(exp), *open_parts[layer]], ignore_index=True)
+            if len(open_pieces):
+                joined = join_open(gpd.GeoDataFrame(open_pieces, crs=exp.crs))
+                objects = finalize(joined, exp, boxes, scales, name)
+                out.add(objects, layer)
+                area_m2 += objects.area_m2.sum()
+            if not out.rows.get(layer):
+                out.add(finalize(empty_pieces(exp), exp, boxes, scales, name), layer, force=True)
         foot = gpd.GeoDataFrame(footprints or {"chunk_id": [], "geometry": []}, crs=exp.crs)
         foot.to_file(tmp, layer=FOOTPRINTS, driver="GPKG", mode="a", geometry_type="MultiPolygon")
+    written = sum(out.rows.values())
     log.info("vectorize: %d polygon(s), %.6f km² -> %s", written, area_m2 / 1e6, paths.polygons)
-    update_run_log(paths, total_rts_area_km2=round(float(area_m2) / 1e6, 6))
+    if not index.classes:
+        update_run_log(paths, total_rts_area_km2=round(float(area_m2) / 1e6, 6))
     return {"polygons": written}
-
-
-def _empty_pieces(exp: Experiment) -> gpd.GeoDataFrame:
-    columns = {c: pd.Series(dtype=t) for c, t in PIECE_TYPES.items()}
-    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=exp.crs), crs=exp.crs)
-
-
-def _append(target: Path, frame: gpd.GeoDataFrame, so_far: int, force: bool = False) -> int:
-    """Add ``frame`` to the output layer (creating it first); returns the rows added."""
-    if len(frame) or force:
-        mode = "a" if so_far else "w"
-        frame.to_file(target, layer=LAYER, driver="GPKG", mode=mode, geometry_type="Polygon")
-    return len(frame)
 
 
 def polygons_made_from(exp: Experiment) -> Callable[[str], str]:
