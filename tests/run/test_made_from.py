@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import lattice_transform, write_experiment, write_raster
+from conftest import lattice_transform, write_experiment, write_model, write_raster
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.geo.grid import TileGrid
@@ -128,3 +128,16 @@ def test_a_model_that_cannot_read_the_bands_is_refused_before_staging(tmp_path, 
     with pytest.raises(DeepSegError, match="3 mean / 3 std values but input.bands selects 1"):
         create_tiles(load_experiment(experiment))
     assert not (tmp_path / "out" / "tiles").exists()
+
+
+def test_merge_refuses_a_map_of_two_models_until_predict_has_redone_every_chunk(tmp_path):
+    first = write_model(tmp_path / "first")
+    second = write_model(tmp_path / "second", threshold=0.5, mean=[90.0, 110.0, 120.0])
+    path = write_experiment(tmp_path, [scene(tmp_path)], first)
+    run_all(path)
+    exp = load_experiment(write_experiment(tmp_path, [scene(tmp_path)], second))
+    predict(exp, shard=(0, 2))  # half the chunks now hold the second model's predictions
+    with pytest.raises(DeepSegError, match=r"predicted with another model or other settings"):
+        merge(exp)
+    predict(exp)  # the rest
+    assert merge(exp)["done"] == 1

@@ -15,7 +15,16 @@ import rasterio
 import shapely
 import torch
 
-from conftest import MEAN, ORIGIN, RES, STD, lattice_transform, write_experiment, write_raster
+from conftest import (
+    MEAN,
+    ORIGIN,
+    RES,
+    STD,
+    lattice_transform,
+    write_experiment,
+    write_model,
+    write_raster,
+)
 from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.geo.grid import PixelBox
@@ -146,6 +155,16 @@ def test_evaluate_scores_each_class_against_a_reference_raster(tmp_path, three_c
     text = summarize(exp)
     assert f"overall accuracy {report['overall_accuracy']:.3f}" in text, text
     assert "west_class.tif (class map COG, region west)" in text
+    x, y = ORIGIN[0] + OFFGRID_AT[0] * RES, ORIGIN[1] - OFFGRID_AT[1] * RES
+    aoi = shapely.box(x + 80 * RES, y - 230 * RES, x + 280 * RES, y - 40 * RES)  # scene px
+    gpd.GeoDataFrame(geometry=[aoi], crs="EPSG:3413").to_file(tmp_path / "aoi.gpkg")
+    inside = np.zeros(truth.shape, bool)
+    inside[40:230, 80:280] = True
+    report = evaluate(exp, reference=reference, aoi=tmp_path / "aoi.gpkg")
+    scored = (truth != 255) & (predicted != 255) & inside
+    assert_scores(report, confusion(truth, predicted, scored))
+    with pytest.raises(DeepSegError, match="drop --calibrate"):
+        evaluate(exp, reference=reference, calibrate=True)
 
 
 def test_evaluate_scores_each_class_against_polygons_in_an_aoi(tmp_path, three_class_model):
@@ -322,3 +341,15 @@ def test_vectorize_writes_a_polygon_layer_per_class(tmp_path, three_class_model)
     assert "floor 3, headwall 3" in summarize(exp)
     report = check_run(exp)
     assert report["ok"] and not report["chunks_missing_from_merged"], report
+
+
+def test_a_binary_run_remade_with_a_k_class_model_keeps_only_the_class_maps(
+    tmp_path, three_class_model
+):
+    scene, _ = offgrid_scene(tmp_path)
+    for model in (write_model(tmp_path / "binary"), three_class_model):
+        exp = load_experiment(write_experiment(tmp_path, [scene], model))
+        for stage in (create_tiles, predict, merge):
+            stage(exp)
+    names = sorted(p.name for p in RunPaths.of(exp).merged.iterdir())
+    assert names == ["all_class.tif", "all_entropy.tif", "all_gap.tif", "all_maxprob.tif"]

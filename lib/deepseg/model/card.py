@@ -88,6 +88,11 @@ def _class_keys(path: Path, config: dict[str, Any]) -> tuple[int | None, int, Cl
     if isinstance(classes, (list, dict)):  # a mapping is refused there, with the reason
         table = parse_class_table(path, classes)
         classes = len(table)
+        if "positive_class" in config:
+            raise DeepSegError(
+                f"{path}: positive_class: maps one class of an integer classes:; with class "
+                "names every class is kept (remove positive_class)"
+            )
     elif classes is not None and not _whole(classes, 1):
         raise DeepSegError(
             f"{path}: classes: expected an integer >= 1 or a list of class names, got {classes!r}"

@@ -106,8 +106,9 @@ def count_classes(
         )
     classes = logits.shape[1]
     if card.classes is not None and card.classes != classes:
+        given = f"{card.classes} class names" if card.class_table else str(card.classes)
         raise DeepSegError(
-            f"{config_path}: classes: {card.classes}, but the network returns {classes}"
+            f"{config_path}: classes: {given}, but the network returns {classes} channels"
         )
     if classes > 1 and card.positive_class >= classes:
         raise DeepSegError(

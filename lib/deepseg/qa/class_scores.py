@@ -6,8 +6,10 @@ onto each region's class map by nearest neighbour; its nodata and values >= K ar
 scored) or polygons whose ``evaluate.class_column`` holds each one's class, as one of the
 model's class names or its index. Pixels whose centre lies in no reference polygon are not
 scored, except inside ``evaluate.aoi``: there they are class 0 (a labelled area, where what
-is not outlined is the first class, by convention the background). Where polygons overlap,
-the later one in the file wins. Only pixels with a prediction are scored. The class COGs
+is not outlined is the first class, by convention the background); a reference raster is
+scored inside the AOI only. Where polygons overlap, the later one in the file wins. Only
+pixels with a prediction are scored; the totals add the regions up, as for binary runs
+(pixels of overlapping regions count once per region). The class COGs
 are read one internal block (512 px) at a time, so memory stays flat.
 """
 
@@ -81,13 +83,29 @@ def _class_indices(frame: gpd.GeoDataFrame, column: str, table: ClassTable, path
     lookup = {**{n: i for i, n in enumerate(table.names)}, **{i: i for i in range(len(table))}}
     lookup.update({str(i): i for i in range(len(table))})
     values = frame[column].map(lambda v: lookup.get(v.item() if hasattr(v, "item") else v))
-    unknown = frame[column][pd.isna(values)].unique()[:5]
+    unknown = pd.unique(frame[column][pd.isna(values)])[:5].tolist()
     if len(unknown):
         raise DeepSegError(
             f"{path}: {column} holds {list(unknown)}, not classes of this model "
             f"({', '.join(table.names)}, or 0 to {len(table) - 1})"
         )
     return values.to_numpy(dtype=np.uint8)
+
+
+def read_aoi(exp: Experiment, settings: EvaluateConfig) -> shapely.Geometry | None:
+    """``evaluate.aoi`` as one geometry in ``crs`` (None when not set)."""
+    if settings.aoi is None:
+        return None
+    return shapely.union_all(read_polygons(settings.aoi, None, exp.crs, "aoi").geometry.values)
+
+
+def aoi_pixels(aoi: shapely.Geometry, src: rasterio.DatasetReader, window: Window) -> np.ndarray:
+    """Pixels of ``window`` of ``src`` whose centre lies in ``aoi`` (bool)."""
+    box, transform = bounds(window, src.transform), src.window_transform(window)
+    clipped = shapely.clip_by_rect(aoi, *box)
+    if clipped.is_empty:
+        return np.zeros((window.height, window.width), bool)
+    return rasterize([clipped], (window.height, window.width), transform=transform) > 0
 
 
 class PolygonReference:
@@ -104,10 +122,7 @@ class PolygonReference:
         self.values = _class_indices(frame, settings.class_column, table, settings.reference)
         self.geoms = np.asarray(frame.geometry.values)
         self.tree = shapely.STRtree(self.geoms)
-        self.aoi = None
-        if settings.aoi is not None:
-            aoi = read_polygons(settings.aoi, None, exp.crs, "aoi").geometry.values
-            self.aoi = shapely.union_all(aoi)
+        self.aoi = read_aoi(exp, settings)
 
     def start(self, src: rasterio.DatasetReader) -> None:
         self.src = src
@@ -116,9 +131,8 @@ class PolygonReference:
         box, transform = bounds(window, self.src.transform), self.src.window_transform(window)
         shape = (window.height, window.width)
         out = np.full(shape, UNSCORED, np.uint8)
-        clipped = None if self.aoi is None else shapely.clip_by_rect(self.aoi, *box)
-        if clipped is not None and not clipped.is_empty:
-            out[rasterize([clipped], shape, transform=transform) > 0] = 0
+        if self.aoi is not None:
+            out[aoi_pixels(self.aoi, self.src, window)] = 0
         hits = np.sort(self.tree.query(shapely.box(*box)))  # file order: the later one wins
         if len(hits):
             shapes = zip(self.geoms[hits], self.values[hits].tolist(), strict=True)
@@ -130,10 +144,10 @@ class PolygonReference:
 class RasterReference:
     """Reference classes read from a raster onto each region's class map (nearest)."""
 
-    def __init__(self, path: Path, classes: int) -> None:
+    def __init__(self, path: Path, classes: int, aoi: shapely.Geometry | None) -> None:
         if not path.exists():
             raise DeepSegError(f"{path}: reference file not found (check evaluate.reference)")
-        self.path, self.classes = path, classes
+        self.path, self.classes, self.aoi = path, classes, aoi
 
     def start(self, src: rasterio.DatasetReader) -> None:
         try:
@@ -148,6 +162,8 @@ class RasterReference:
     def read(self, window: Window) -> np.ndarray:
         values = self.vrt.read(1, window=window)
         scored = (values >= 0) & (values < self.classes) & (values != self.vrt.nodata)
+        if self.aoi is not None:
+            scored &= aoi_pixels(self.aoi, self.vrt, window)
         return np.where(scored, values, UNSCORED).astype(np.uint8)
 
 
@@ -193,7 +209,7 @@ def evaluate_classes(exp: Experiment, settings: EvaluateConfig, table: ClassTabl
     paths = RunPaths.of(exp)
     is_raster = settings.reference.suffix.lower() in RASTER_SUFFIXES
     reference = (
-        RasterReference(settings.reference, len(table))
+        RasterReference(settings.reference, len(table), read_aoi(exp, settings))
         if is_raster
         else PolygonReference(exp, settings, table)
     )

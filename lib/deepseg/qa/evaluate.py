@@ -237,6 +237,11 @@ def evaluate(
     _check_metric_crs(exp.crs)
     paths = RunPaths.of(exp)
     classes = run_classes(exp)
+    if classes and calibrate:
+        raise DeepSegError(
+            "--calibrate finds a binary run's probability threshold; this run has "
+            f"{len(classes)} classes, whose map takes the most probable one: drop --calibrate"
+        )
     if classes:  # a K-class run: scored per class (class_scores)
         with record_stage(paths, "evaluate", {}):
             return evaluate_classes(exp, settings, classes)

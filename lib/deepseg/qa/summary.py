@@ -25,6 +25,7 @@ from ..stages.assembly import DEFAULT_REGION
 from ..stages.polygons import FOOTPRINTS, LAYER
 from ..storage.paths import RunPaths
 
+PRODUCTS = ("maxprob", "entropy", "gap", "probs", "uncertainty", "scales")  # see stages.layers
 STAGES = ("create_tiles", "predict", "merge_parts", "merge", "vectorize", "evaluate")
 
 
@@ -73,6 +74,7 @@ def _outputs(exp: Experiment, paths: RunPaths) -> list[str]:
             (paths.region_prob(region), f"probability COG, region {region}"),
             (paths.region_binary(region), f"binary COG, region {region}"),
             (paths.region_layer(region, "class"), f"class map COG, region {region}"),
+            *((paths.region_layer(region, n), f"{n} COG, region {region}") for n in PRODUCTS),
             (paths.region_preview(region), f"preview PNG, region {region}"),
         ]
     candidates += [

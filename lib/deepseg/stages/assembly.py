@@ -22,9 +22,11 @@ from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..geo.grid import PixelBox, TileGrid
 from ..run.manifest import fold, unit_names
+from ..run.stage import is_stale, made_from
 from ..storage.paths import RunPaths
 from ..stores.layout import PROB_NODATA
 from ..stores.prob_store import ProbWindow, read_prob_attrs, read_prob_window
+from .predict import STAGE as PREDICT
 
 DEFAULT_REGION = "all"
 log = logging.getLogger(__name__)
@@ -70,11 +72,13 @@ class StoreIndex:
             )
         if not found:
             raise DeepSegError(f"{paths.predictions}: no probability stores; run predict.py first")
-        if max(len(thresholds), len(scales), len(methods), len(classes)) > 1:
+        found_kinds = {"thresholds": thresholds, "scales": scales, "merge methods": methods,
+                       "classes": classes}  # fmt: skip
+        differ = [f"{k} {sorted(v)}" for k, v in found_kinds.items() if len(v) > 1]
+        if differ:
             raise DeepSegError(
-                f"{paths.predictions}: stores were predicted with different thresholds "
-                f"{sorted(thresholds)}, scales {sorted(scales)}, merge methods "
-                f"{sorted(methods)} or classes {sorted(classes)}; rerun predict.py --force"
+                f"{paths.predictions}: stores were predicted with different "
+                f"{'; '.join(differ)}; rerun predict.py --force"
             )
         return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop(), classes.pop())
 
@@ -183,6 +187,14 @@ def check_predicted(exp: Experiment) -> None:
             f"({unit_names(missing)}); run predict.py -e {exp.name} until it reports none "
             f"pending ({check})"
         )
+    stale = _stale_predictions(exp, predicted, with_tiles)
+    if stale:
+        raise DeepSegError(
+            f"the stores of {len(stale)} chunk(s) ({unit_names(stale)}) were predicted with "
+            "another model or other settings than the experiment has now (model.dir, "
+            f"inference.*, merge.method): run predict.py -e {exp.name} until it reports none "
+            "pending, so the map is not made of two predictions"
+        )
     if failed:
         log.warning(
             "predict failed on %d chunk(s) (%s): their area stays nodata; %s",
@@ -190,3 +202,14 @@ def check_predicted(exp: Experiment) -> None:
             unit_names(failed),
             check,
         )
+
+
+def _stale_predictions(exp: Experiment, predicted: dict, units: list[str]) -> list[str]:
+    """The done chunks of ``units`` whose predict ``made_from`` is not today's (none when
+    today's cannot be computed here, e.g. the model folder is not on this machine)."""
+    try:
+        current = made_from(PREDICT, exp)
+    except (DeepSegError, OSError) as exc:
+        log.warning("cannot tell whether the stores are of today's model and settings: %s", exc)
+        return []
+    return [u for u in units if is_stale(predicted.get(u), current(u))]

@@ -166,6 +166,18 @@ def merge_region(exp: Experiment, merger: RegionMerger, region: str) -> None:
         shutil.rmtree(parts_folder(paths, region), ignore_errors=True)  # read once; they are big
         with contextlib.suppress(OSError):  # merged/parts/ too, once no region has bands there
             parts_folder(paths, region).parent.rmdir()
+    _remove_other_layers(paths, region, names)
+
+
+def _remove_other_layers(paths: RunPaths, region: str, names: list[str]) -> None:
+    """Remove the region's rasters of layers it no longer gets (e.g. a binary run's prob and
+    binary after its model became a K-class one, or a product taken out of merge.products),
+    so merged/ holds one map, not two."""
+    for name in sorted(set(LAYERS) - set(names)):
+        old = paths.region_layer(region, name)
+        if old.exists():
+            log.info("merge %s: removing %s (not a layer of this run any more)", region, old)
+            old.unlink()
 
 
 def _kea_and_preview(exp: Experiment, merger: RegionMerger, region: str, vrts: dict) -> None:
