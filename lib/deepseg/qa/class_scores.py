@@ -80,6 +80,8 @@ def _class_indices(frame: gpd.GeoDataFrame, column: str, table: ClassTable, path
         raise DeepSegError(
             f"{path}: no column {column!r} (evaluate.class_column); it has {list(frame.columns)}"
         )
+    if pd.api.types.is_bool_dtype(frame[column]):
+        raise DeepSegError(f"{path}: {column} holds true/false, not class names or indices")
     lookup = {**{n: i for i, n in enumerate(table.names)}, **{i: i for i in range(len(table))}}
     lookup.update({str(i): i for i in range(len(table))})
     values = frame[column].map(lambda v: lookup.get(v.item() if hasattr(v, "item") else v))
@@ -208,6 +210,9 @@ def evaluate_classes(exp: Experiment, settings: EvaluateConfig, table: ClassTabl
     """Score every region's class map; write the report and the matrix PNG."""
     paths = RunPaths.of(exp)
     is_raster = settings.reference.suffix.lower() in RASTER_SUFFIXES
+    if is_raster and settings.class_column is not None:
+        log.warning("evaluate: %s is a raster of class indices; evaluate.class_column %r is "
+                    "not used", settings.reference, settings.class_column)  # fmt: skip
     reference = (
         RasterReference(settings.reference, len(table), read_aoi(exp, settings))
         if is_raster
