@@ -47,7 +47,7 @@ from ..stages.layers import BINARY_NODATA
 from ..stages.merge import merge_outputs
 from ..stages.tiles import tiling_units
 from ..storage.paths import RunPaths, atomic_path
-from ..stores.layout import PROB_NODATA
+from ..stores.layout import holds_probability
 from ..stores.prob_store import read_prob_tile_ids, read_prob_window
 from ..stores.tile_store import read_tile_ids
 from .polygon_coverage import polygons_outside
@@ -162,7 +162,7 @@ def _missing_px(store: Path, window: PixelBox, src: rasterio.DatasetReader, at: 
     part = read_prob_window(store, window)
     if part is None:
         return 0
-    predicted = (part.prob != PROB_NODATA).reshape(-1, *part.hits.shape)[0]  # K-class: K bands
+    predicted = holds_probability(part.prob)
     return int((holes[part.box.slices_in(window)] & predicted).sum())
 
 

@@ -46,6 +46,12 @@ UNSCORED = 255
 CONFUSION_PNG = "evaluation_confusion.png"
 
 
+def confusion(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    """The (k, k) int64 confusion matrix (rows: reference class) of paired class indices."""
+    pairs = truth.astype(np.int64) * k + predicted
+    return np.bincount(pairs.ravel(), minlength=k * k).reshape(k, k)
+
+
 def class_scores(matrix: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
     """Scores of a confusion ``matrix`` (rows: reference class, columns: predicted); a score
     whose denominator is 0 is None."""
@@ -171,7 +177,7 @@ class RasterReference:
 
 def _region_matrix(path: Path, name: str, reference, k: int) -> np.ndarray:
     """The confusion matrix of one region's class COG against ``reference``."""
-    matrix = np.zeros(k * k, np.int64)
+    matrix = np.zeros((k, k), np.int64)
     with rasterio.open(path) as src:
         reference.start(src)
         block_h, block_w = src.block_shapes[0]
@@ -181,9 +187,8 @@ def _region_matrix(path: Path, name: str, reference, k: int) -> np.ndarray:
             predicted = src.read(1, window=window)
             truth = reference.read(window)
             scored = (predicted != CLASS_NODATA) & (truth != UNSCORED)
-            pairs = truth[scored].astype(np.int64) * k + predicted[scored]
-            matrix += np.bincount(pairs, minlength=k * k)
-    return matrix.reshape(k, k)
+            matrix += confusion(truth[scored], predicted[scored], k)
+    return matrix
 
 
 def write_confusion_png(path: Path, matrix: np.ndarray, names: tuple[str, ...], title: str):

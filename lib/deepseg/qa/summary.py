@@ -22,10 +22,12 @@ import pyogrio
 from ..config import Experiment
 from ..run.runlog import read_run_log
 from ..stages.assembly import DEFAULT_REGION
+from ..stages.layers import LAYERS
 from ..stages.polygons import FOOTPRINTS, LAYER
 from ..storage.paths import RunPaths
 
-PRODUCTS = ("maxprob", "entropy", "gap", "probs", "uncertainty", "scales")  # see stages.layers
+# the region rasters beside prob, binary and class (listed first, with their own words)
+PRODUCTS = tuple(n for n in LAYERS if n not in ("prob", "binary", "class"))
 STAGES = ("create_tiles", "predict", "merge_parts", "merge", "vectorize", "evaluate")
 
 

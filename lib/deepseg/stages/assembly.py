@@ -24,7 +24,7 @@ from ..geo.grid import PixelBox, TileGrid
 from ..run.manifest import fold, unit_names
 from ..run.stage import is_stale, made_from
 from ..storage.paths import RunPaths
-from ..stores.layout import PROB_NODATA
+from ..stores.layout import PROB_NODATA, holds_probability
 from ..stores.prob_store import ProbWindow, read_prob_attrs, read_prob_window
 from .predict import STAGE as PREDICT
 
@@ -82,15 +82,6 @@ class StoreIndex:
             )
         return cls(found, boxes, thresholds.pop(), scales.pop(), methods.pop(), classes.pop())
 
-    def require_binary(self, stage: str) -> None:
-        """Refuse a K-class run in a stage that reads one probability per pixel."""
-        if self.classes:
-            raise DeepSegError(
-                f"{stage}: this run's probability stores hold {len(self.classes)} classes "
-                f"({', '.join(self.classes)}); {stage} of K-class runs is not built yet: "
-                "use merge.py's {region}_class.tif"
-            )
-
     def paths_touching(self, grid: TileGrid, window: PixelBox) -> list[Path]:
         """The stores of the chunks whose footprint may reach ``window``, in raster order."""
         ccols, crows = grid.chunks_touching(window)
@@ -136,7 +127,7 @@ class Fusion:
         if self.num is None:
             self._keep_max(at, part.prob)
             return
-        valid = (part.prob != PROB_NODATA).reshape(-1, *part.prob.shape[-2:])[0]
+        valid = holds_probability(part.prob)
         w = part.weight if part.weight is not None else valid * np.float32(1)
         self.num[(..., *at)] += w * np.where(valid, part.prob, 0.0)
         self.den[at] += w

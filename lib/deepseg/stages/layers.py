@@ -27,7 +27,7 @@ from ..core.errors import DeepSegError
 from ..model.classes import ClassTable
 from ..run.runlog import read_run_log
 from ..storage.paths import RunPaths
-from ..stores.layout import PROB_NODATA
+from ..stores.layout import PROB_NODATA, holds_probability
 
 BINARY_NODATA = 255
 CLASS_NODATA = 255
@@ -72,7 +72,7 @@ def _binary(prob: np.ndarray, hits: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _scales(prob: np.ndarray, hits: np.ndarray, threshold: float) -> np.ndarray:
-    return np.where(prob.reshape(-1, *hits.shape)[0] == PROB_NODATA, BINARY_NODATA, hits)
+    return np.where(holds_probability(prob), hits, BINARY_NODATA)
 
 
 @dataclass(frozen=True)

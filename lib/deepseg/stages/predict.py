@@ -99,8 +99,8 @@ class PredictWorker:
         if exp.inference.compile:
             self.model.network = torch.compile(self.model.network)
         self.threshold = merge_threshold(exp, self.model.threshold)
-        table = self.model.card.class_table
-        self.class_table = () if table is None else (table.names, table.colours)
+        table = self.model.card.class_table  # a K-class model's stores name their classes
+        self.classes, self.colours = (table.names, table.colours) if table else ((), ())
         self.listed = listed_tiles(exp, self.grid)
         self.staged = fold(self.paths, "create_tiles")
         self.batch_size = BatchSize(exp.inference.batch_size)
@@ -171,7 +171,8 @@ class PredictWorker:
                 self.threshold,
                 self.exp.inference.scales,
                 store.tiles.tile_id,
-                *self.class_table,
+                self.classes,
+                self.colours,
             ),
         )
         counts = {

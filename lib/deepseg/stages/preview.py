@@ -18,6 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -132,6 +133,24 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def _map_figure(h: int, w: int, background: np.ndarray | None) -> tuple[Figure, Any]:
+    """A figure with an h x w px map axes (the imagery drawn in it, when given) and room for
+    a legend on the right and the title above."""
+    fig = Figure(figsize=((w + 260) / DPI, (h + 110) / DPI), dpi=DPI)
+    ax = fig.add_axes((20 / (w + 260), 60 / (h + 110), w / (w + 260), h / (h + 110)))
+    ax.set_axis_off()
+    if background is not None:
+        ax.imshow(background, interpolation="nearest")
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path, title: str, cell_m: float) -> None:
+    """Title the preview with what one of its pixels is on the ground; write it atomically."""
+    fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+
+
 def render(
     path: Path,
     peak: np.ndarray,
@@ -142,12 +161,8 @@ def render(
 ) -> None:
     """Draw the preview with its legend into ``path`` (PNG), atomically."""
     h, w = peak.shape
-    fig = Figure(figsize=((w + 260) / DPI, (h + 110) / DPI), dpi=DPI)
-    ax = fig.add_axes((20 / (w + 260), 60 / (h + 110), w / (w + 260), h / (h + 110)))
-    ax.set_axis_off()
-    if background is not None:
-        ax.imshow(background, interpolation="nearest")
-    else:
+    fig, ax = _map_figure(h, w, background)
+    if background is None:
         nodata = np.where(peak == PROB_NODATA, 1.0, np.nan)
         ax.imshow(nodata, cmap=ListedColormap(["#d9d9d9"]), interpolation="nearest")
     shown = np.ma.masked_less(peak, SHOWN_FROM)
@@ -160,9 +175,7 @@ def render(
     fig.colorbar(image, cax=bar).set_label("highest probability in the pixel", fontsize=8)
     outline = Line2D([], [], color=OUTLINE, label=f"probability >= {threshold:.3f} (binary)")
     fig.legend(handles=[outline], loc="lower left", frameon=False)
-    fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    _save(fig, path, title, cell_m)
 
 
 def class_preview(cog: Path, preview: PreviewGrid) -> np.ndarray:
@@ -182,11 +195,7 @@ def render_classes(
 ) -> None:
     """Draw a class preview (uint8 class indices, 255 nodata) with its legend, atomically."""
     h, w = classes.shape
-    fig = Figure(figsize=((w + 260) / DPI, (h + 110) / DPI), dpi=DPI)
-    ax = fig.add_axes((20 / (w + 260), 60 / (h + 110), w / (w + 260), h / (h + 110)))
-    ax.set_axis_off()
-    if background is not None:
-        ax.imshow(background, interpolation="nearest")
+    fig, ax = _map_figure(h, w, background)
     rgba = np.zeros((256, 4))
     rgba[: len(table)] = [(*(c / 255 for c in colour), 0.8) for colour in table.colours]
     if background is None:
@@ -195,6 +204,4 @@ def render_classes(
     patches = [Patch(color=rgba[i][:3], label=n) for i, n in enumerate(table.names)]
     right = ((w + 30) / (w + 260), 0.5)  # in the margin right of the map, like the colour bar
     fig.legend(handles=patches, loc="center left", bbox_to_anchor=right, frameon=False, fontsize=8)
-    fig.suptitle(f"{title}\none preview pixel = {cell_m:g} m x {cell_m:g} m", fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    _save(fig, path, title, cell_m)

@@ -41,7 +41,7 @@ from ..run.manifest import digest, done_runs
 from ..run.runlog import update_run_log
 from ..run.stage import Stage, UnitResult
 from ..storage.paths import RunPaths, atomic_path
-from ..stores.layout import PROB_NODATA
+from ..stores.layout import PROB_NODATA, holds_probability
 from .assembly import StoreIndex, assemble, check_predicted, regions
 from .hot_blocks import CoreMap, assemble_hot
 from .pieces import chunk_footprint, chunk_pieces
@@ -107,14 +107,7 @@ class VectorizeWorker:
 
     def run(self, unit: str) -> UnitResult:
         core = self.grid.chunk_core(*TileGrid.parse_chunk_id(unit))
-        if self.classes:
-            frame, valid = self._class_pieces(core)
-        else:
-            core_map = assemble_hot(self.grid, self.index, core, self.threshold)
-            frame, valid = (
-                chunk_pieces(core_map, self.grid, self.threshold, self.exp.crs),
-                core_map.valid,
-            )
+        frame, valid = self._class_pieces(core) if self.classes else self._pieces(core)
         footprint = chunk_footprint(valid, core, self.grid)
         if footprint is None:
             return UnitResult([], {"pieces": 0})
@@ -132,10 +125,15 @@ class VectorizeWorker:
             )
         return UnitResult([target], {"pieces": len(frame), "open_pieces": int(frame.open.sum())})
 
+    def _pieces(self, core) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+        """The pieces at the threshold, read in the core's hot blocks, and its valid pixels."""
+        core_map = assemble_hot(self.grid, self.index, core, self.threshold)
+        return chunk_pieces(core_map, self.grid, self.threshold, self.exp.crs), core_map.valid
+
     def _class_pieces(self, core) -> tuple[gpd.GeoDataFrame, np.ndarray]:
         """Per chosen class, the pieces where it is the most probable (column ``class``)."""
         prob, hits = assemble(self.grid, self.index, core)
-        valid, top = prob[0] != PROB_NODATA, prob.argmax(axis=0)
+        valid, top = holds_probability(prob), prob.argmax(axis=0)
         frames = []
         for name in self.classes:
             k = self.index.classes.index(name)

@@ -62,6 +62,12 @@ PROB_NODATA = -1.0
 PROB_BLOCK_PX = 256  # probability stores' chunk side: what a reader can skip, px
 
 
+def holds_probability(prob: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the pixels holding a probability, of an (h, w) probability map or of the
+    (K, h, w) probabilities of a K-class one (nodata is -1 in every class alike)."""
+    return prob.reshape(-1, *prob.shape[-2:])[0] != PROB_NODATA
+
+
 @dataclass(frozen=True)
 class StorePlace:
     """Where a store sits: its chunk (column, row), its box (grid px) and its georeferencing

@@ -125,20 +125,18 @@ def read_prob_windows(path: Path, windows: list[PixelBox]) -> list[ProbWindow | 
                 continue
             rows, cols = part.slices_in(box)
             try:
+                prob = _read_probability(f, rows, cols)
                 values = [_read(ds, rows, cols) if ds is not None else None for ds in sets]
             except OSError as exc:
                 raise kea.kea_error(f, f"cannot read pixels ({exc})") from None
-            out.append(ProbWindow(part, _read_probability(f, info, rows, cols), *values))
+            out.append(ProbWindow(part, prob, *values))
     return out
 
 
-def _read_probability(f: h5py.File, info: kea.KeaInfo, rows: slice, cols: slice) -> np.ndarray:
+def _read_probability(f: h5py.File, rows: slice, cols: slice) -> np.ndarray:
     """The probability band (h, w), or for a K-class store its K bands (K, h, w)."""
     if "classes" not in f[GROUP].attrs:
-        try:
-            return _read(kea.band_data(f, 1), rows, cols)
-        except OSError as exc:
-            raise kea.kea_error(f, f"cannot read pixels ({exc})") from None
+        return _read(kea.band_data(f, 1), rows, cols)
     height, width = rows.stop - rows.start, cols.stop - cols.start
     return kea.read_window(f, rows.start, cols.start, height, width)
 

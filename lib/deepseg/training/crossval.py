@@ -33,7 +33,7 @@ from ..config import Experiment
 from ..core.errors import DeepSegError
 from ..geo.grid import PixelBox, TileGrid
 from ..model.loading import load_model
-from ..qa.class_scores import class_scores, write_confusion_png
+from ..qa.class_scores import class_scores, confusion, write_confusion_png
 from ..run.driver import run
 from ..run.manifest import digest
 from ..run.stage import Stage, UnitResult
@@ -129,7 +129,7 @@ def _class_errors(exp, grid, box, scored, labels, top, k: int, tiles: int, targe
         raise DeepSegError(f"crossval: {k} classes do not fit the uint8 error raster (K <= 15)")
     pairs = np.where(scored, labels.astype(np.int64) * k + top, ERROR_NODATA)
     _write_cog(pairs.astype(np.uint8), grid, box, exp.crs, target)
-    matrix = np.bincount(pairs[scored], minlength=k * k).reshape(k, k)
+    matrix = confusion(labels[scored], top[scored], k)
     return {"confusion_matrix": matrix.tolist(), "tiles": tiles}
 
 

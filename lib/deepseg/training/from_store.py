@@ -37,6 +37,7 @@ from ..core.progress import progress
 from ..model.card import CONFIG, STATS, WEIGHTS
 from ..model.loading import choose_device
 from ..model.unet import DeepSegUNet
+from ..qa.class_scores import confusion
 from ..qa.metrics import PixelTally
 from ..run.manifest import digest
 from ..storage.paths import atomic_folder, atomic_path
@@ -133,7 +134,7 @@ def validate(network, data: StoreData, mean, std, device, beta: float, batch: in
     """The best-F-beta threshold over every validation tile's pixels (tiles predicted whole);
     a K-class network's macro scores (``class_calibration``)."""
     network.eval()
-    tally, k = PixelTally(), len(data.classes) + 1
+    tally, k, multi = PixelTally(), len(data.classes) + 1, len(data.classes) > 1
     matrix = np.zeros((k, k), np.int64)
     index = data.split.validate
     for start in range(0, len(index), batch):
@@ -141,13 +142,12 @@ def validate(network, data: StoreData, mean, std, device, beta: float, batch: in
         x, y, w = normalized(images, labels, mean, std)
         logits = network(x.to(device)).cpu()
         keep = w.numpy() > 0
-        if logits.shape[1] > 1:
-            pairs = labels[keep[:, 0]].astype(np.int64) * k + logits.argmax(1).numpy()[keep[:, 0]]
-            matrix += np.bincount(pairs, minlength=k * k).reshape(k, k)
+        if multi:
+            matrix += confusion(labels[keep[:, 0]], logits.argmax(1).numpy()[keep[:, 0]], k)
             continue
         prob = torch.sigmoid(logits).numpy()
         tally.add(prob[keep], np.zeros(int(keep.sum()), bool), y.numpy()[keep] > 0)
-    return class_calibration(matrix, beta) if matrix.any() else calibrate_tally(tally, beta)
+    return class_calibration(matrix, beta) if multi else calibrate_tally(tally, beta)
 
 
 def _store_stats(store: Path) -> dict:
