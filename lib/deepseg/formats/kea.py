@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 from affine import Affine
 
+from .deflate import write_array
 from .kea_layout import (  # noqa: F401 - re-exported: ``kea`` is the module callers use
     BAND_REQUIRED,
     BLOCK_SIZE,
@@ -141,7 +142,8 @@ def write_band(
         raise kea_error(f, f"write_band needs a 2-D array, got shape {array.shape}")
     if not np.can_cast(array.dtype, ds.dtype, casting="same_kind"):
         raise kea_error(f, f"cannot write {array.dtype} pixels into {ds.dtype} band {band}")
-    ds[_check_window(f, ds.shape, row_off, col_off, *array.shape)] = array
+    _check_window(f, ds.shape, row_off, col_off, *array.shape)
+    write_array(ds, array, row_off, col_off)  # deflated with ISA-L: see ``deflate``
 
 
 def read_window(

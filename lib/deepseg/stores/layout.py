@@ -54,6 +54,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from ..core.errors import DeepSegError
+from ..formats.deflate import write_array
 from ..formats.kea import KeaError, KeaInfo
 from ..geo.grid import PixelBox, TileGrid
 
@@ -121,10 +122,12 @@ def read_header(f: h5py.File, info: KeaInfo, kind: str) -> StorePlace:
 
 def write_dataset(group: h5py.Group, name: str, data: np.ndarray, block: int = 512) -> None:
     """A compressed 2-D dataset in ``block`` px chunks (512: the KEA block size)."""
-    chunks = tuple(min(block, n) for n in data.shape)
-    group.create_dataset(
-        name, data=data, chunks=chunks, shuffle=True, compression="gzip", compression_opts=1
-    )
+    chunks = tuple(min(block, max(n, 1)) for n in data.shape)
+    ds = group.create_dataset(
+        name, data.shape, data.dtype, chunks=chunks, shuffle=True, compression="gzip",
+        compression_opts=1,
+    )  # fmt: skip
+    write_array(ds, data)  # deflated with ISA-L: see ``formats.deflate``
 
 
 def check_on_grid(

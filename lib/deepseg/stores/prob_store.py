@@ -77,9 +77,10 @@ def block_summary(prob: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]
     """Per ``block`` px block of ``prob`` (from its top-left): the highest probability (-1 where
     none; nodata is below every probability) and the count of pixels holding one (int32)."""
     rows, cols = np.arange(0, prob.shape[0], block), np.arange(0, prob.shape[1], block)
-    block_max = np.maximum.reduceat(np.maximum.reduceat(prob, rows, axis=0), cols, axis=1)
-    valid = np.add.reduceat((prob != PROB_NODATA).astype(np.int32), rows, axis=0)
-    return block_max.astype(np.float32), np.add.reduceat(valid, cols, axis=1)
+    # along the rows first: contiguous memory (the other order is ~20x slower on 4k px)
+    block_max = np.maximum.reduceat(np.maximum.reduceat(prob, cols, axis=1), rows, axis=0)
+    valid = np.add.reduceat(prob != PROB_NODATA, cols, axis=1, dtype=np.int32)
+    return block_max.astype(np.float32), np.add.reduceat(valid, rows, axis=0)
 
 
 def _valid_box(prob: np.ndarray, box: PixelBox) -> PixelBox:
