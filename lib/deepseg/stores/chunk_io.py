@@ -19,12 +19,16 @@ from typing import Any
 from .prob_store import ProbStore, read_prob_attrs, write_prob_store
 from .tile_store import TileStore, read_tile_store
 
+AUTO_MOST = 12  # I/O processes: a store's read + write + transfer is ~3 ms of CPU per
+# tile location (bench/RESULTS.md, null model), so ~10 keep a GPU at 3,500 tiles/s fed
+
 
 def auto_workers(device_type: str) -> int:
-    """Background processes for a device: none on CPU (threads do), several for a GPU."""
+    """Background processes for a device: none on CPU (threads do); on a GPU every core the
+    process may use but two (the main process and its transfers), at most ``AUTO_MOST``."""
     if device_type != "cuda":
         return 0
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 2))
+    return max(1, min(AUTO_MOST, len(os.sched_getaffinity(0)) - 2))
 
 
 def write_and_describe(path: Path, store: ProbStore) -> dict[str, Any]:
