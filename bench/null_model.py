@@ -14,7 +14,6 @@ import cProfile
 import dataclasses
 import json
 import os
-import pickle
 import platform
 import pstats
 import resource
@@ -23,11 +22,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+from handover import WAYS, handover_ms  # noqa: E402
 from staging import staged  # noqa: E402
 from throughput import (  # noqa: E402
     CONFIGS,
@@ -132,13 +133,14 @@ class InlineIO:
     """ChunkIO's reads and writes, done at once in the calling thread (for cProfile)."""
 
     depth = 2
-    last: dict[str, object] = {}  # the last tile and probability store, for ipc_seconds
+    last: dict[str, Any] = {}  # the last tile store (and path) and probability store
 
     def __init__(self, workers: int) -> None:
         del workers
 
     def read(self, path: Path, fetch: Callable[[Path], Path]) -> Future:
-        future = _done(read_tile_store, fetch(path))
+        InlineIO.last["path"] = fetch(path)
+        future = _done(read_tile_store, InlineIO.last["path"])
         InlineIO.last["tiles"] = future.result()
         return future
 
@@ -158,19 +160,7 @@ PHASES = {  # the profile's phases: the function whose cumulative time is the ph
     "normalize, cut, scales, TTA, merge (GPU on a GPU host)": predict_footprint,
     "write probability stores (host)": write_and_describe,
 }
-IPC = "pickle round trip of both stores, io_workers > 0 (host)"
-
-
-def ipc_seconds(stores: list[object], repeat: int = 3) -> float:
-    """The best time to pickle and unpickle ``stores`` as a process pool does (its pipe not
-    counted): what io_workers > 0 adds per chunk, in the main process and an I/O process."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for store in stores:
-            pickle.loads(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
-        best = min(best, time.perf_counter() - start)
-    return best
+IPC = "hand-over of both stores, main + I/O process, io_workers > 0 (host)"
 
 
 def _where(func: tuple[str, int, str]) -> str:
@@ -212,9 +202,31 @@ def null_profile(exp: Experiment, top: int) -> tuple[list[str], dict]:
         for k, f in PHASES.items()
     }
     phases = {codes[func]: st[3] for func, st in stats.items() if func in codes}
-    tiles, chunks = summary["counts"]["tiles"], summary["done"]
-    phases[IPC] = chunks * ipc_seconds([InlineIO.last["tiles"], InlineIO.last["prob"]])
-    return lines, {"tiles": tiles, "seconds": seconds, "profiled_s": total, "phases": phases}
+    tiles = summary["counts"]["tiles"]
+    per_chunk = len(InlineIO.last["tiles"].tiles)  # tiles in the stores handed over
+    handover = handover_ms(InlineIO.last["path"], InlineIO.last["prob"])
+    handover = {way: {k: v / per_chunk for k, v in ms.items()} for way, ms in handover.items()}
+    phases[IPC] = tiles * sum(handover["shared memory"].values()) / 1000
+    return lines, {
+        "tiles": tiles, "seconds": seconds, "profiled_s": total, "phases": phases,
+        "handover": handover,
+    }  # fmt: skip
+
+
+def handover_table(profiles: dict[str, dict]) -> list[str]:
+    """CPU ms per tile of handing a chunk's two stores between processes, each way."""
+    lines = [
+        "| hand-over of both stores, CPU ms per tile (io_workers > 0) | "
+        + " | ".join(f"{c}: main | {c}: I/O process" for c in profiles)
+        + " |",
+        "|---|" + "---|---|" * len(profiles),
+    ]
+    for way in WAYS:
+        cells = [f"{p['handover'][way]['main']:.2f} | {p['handover'][way]['io']:.2f}"
+                 for p in profiles.values()]  # fmt: skip
+        name = "pickled through the pool's pipe (before)" if way == "pickled" else way
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def null_main(args: argparse.Namespace, argv: list[str] | None) -> list[dict]:
@@ -264,12 +276,14 @@ def null_main(args: argparse.Namespace, argv: list[str] | None) -> list[dict]:
             f"| {k} | " + " | ".join(f"{m.get(k, 0):.1f}" for m in ms.values()) + " |"
             for k in [*PHASES, IPC]
         ),
-        "| host side (read + write + pickle), ms per tile | "
+        "| host side (read + write + hand-over), ms per tile | "
         + " | ".join(f"{h:.1f}" for h in host.values())
         + " |",
         "| host-side tiles/s per core (1000 / that) | "
         + " | ".join(f"{1000 / h:,.0f}" for h in host.values())
         + " |",
+        "",
+        *handover_table(profiles),
     ]
     print("\n".join(lines))
     if args.record:

@@ -38,10 +38,10 @@ process and its I/O processes spent (getrusage, self + children), the cores that
 second) and over the machine's cores. Then one run of each configuration under cProfile, its
 reads and writes done inline in the main thread (``InlineIO``; cProfile sees one thread): the
 last configuration's top ``--top`` functions by own time, and each one's ms per tile reading,
-predicting and writing, plus the pickle round trip of a chunk's two stores that io_workers > 0
-adds (``ipc_seconds``). On a CPU machine normalizing, cutting and merging run on the CPU; on
-a GPU machine they run on the device, and only reading, writing and the copies stay on the
-host's cores.
+predicting and writing, plus the hand-over of a chunk's two stores between processes that
+io_workers > 0 adds (shared memory and a small pickle, ``ipc_seconds``). On a CPU machine
+normalizing, cutting and merging run on the CPU; on a GPU machine they run on the device,
+and only reading, writing and the copies stay on the host's cores.
 """
 
 from __future__ import annotations

@@ -223,5 +223,9 @@ def test_null_model_runs_the_predict_stage_and_reports_rates_per_core(tmp_path, 
     assert "| config | io_workers | tiles | wall s | end-to-end tiles/s |" in printed
     assert "| function | calls | own s | share | cumulative s |" in printed
     assert rows[0]["profile"]["tiles"] == 8
+    assert "| hand-over of both stores, CPU ms per tile (io_workers > 0) |" in printed
+    handover = rows[0]["profile"]["handover"]
+    assert list(handover) == ["pickled", "shared memory"]
+    assert all(ms["main"] > 0 and ms["io"] > 0 for ms in handover.values())
     text = results.read_text()
     assert "## Null-model ceiling (" in text and "`python bench/throughput.py --null-model" in text

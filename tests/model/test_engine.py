@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import rasterio
@@ -29,6 +30,7 @@ from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.storage.paths import RunPaths
+from deepseg.stores.shared_arrays import MIN_BYTES
 
 AT = (64 * 30 + 16, 64 * 40 + 32)  # grid (col, row) of the rasters' pixel (0, 0)
 
@@ -239,12 +241,21 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, model_dir, monkeyp
     assert [m.split("lowered to ")[1].split()[0] for m in lowered] == ["4", "2"]
 
 
-def test_background_processes_write_the_same_stores(tmp_path, model_dir):
-    data = np.random.default_rng(6).integers(1, 255, size=(3, 140, 150), dtype=np.uint8)
+@pytest.mark.parametrize(
+    "size, grid",
+    [((140, 150), {}), ((700, 650), {"tile_size": 256, "stride": 128, "chunk_tiles": 4})],
+    ids=["pickled", "shared-memory"],  # stores under / over shared_arrays.MIN_BYTES
+)
+def test_background_processes_write_the_same_stores(tmp_path, model_dir, size, grid):
+    data = np.random.default_rng(6).integers(1, 255, size=(3, *size), dtype=np.uint8)
     stores = {}
     for workers in (0, 2):
         folder = tmp_path / f"w{workers}"
-        run(folder, data, model_dir, inference={"io_workers": workers})
+        run(folder, data, model_dir, inference={"io_workers": workers}, grid=grid)
         paths = RunPaths(folder / "out")
         stores[workers] = {p.name: p.read_bytes() for p in paths.prob_stores()}
-    assert stores[0] == stores[2] and len(stores[0]) > 4
+    assert stores[0] == stores[2] and len(stores[0]) >= 4
+    with h5py.File(max(RunPaths(tmp_path / "w2" / "out").prob_stores())) as f:
+        sizes = []
+        f.visititems(lambda _, obj: sizes.append(getattr(obj, "nbytes", 0)))
+    assert (sum(sizes) > MIN_BYTES) == bool(grid)  # the arrays a chunk's store sends back

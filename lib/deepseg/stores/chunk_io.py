@@ -3,8 +3,9 @@
 HDF5 (de)compression is the slow part of a chunk's I/O (tens of MB each way), and h5py
 serializes HDF5 calls within a process. So with ``workers`` > 0 the reads and writes run in
 that many spawned processes (no CUDA state is forked), which is what keeps a GPU fed; with 0
-they run in two threads, enough to overlap a CPU model's compute with the disk. At most
-``depth`` reads are ahead and ``depth`` writes behind, so memory stays a few chunks.
+they run in two threads, enough to overlap a CPU model's compute with the disk. The stores'
+arrays travel between the processes in shared memory (``shared_arrays``). At most ``depth``
+reads are ahead and ``depth`` writes behind, so memory stays a few chunks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .prob_store import ProbStore, read_prob_attrs, write_prob_store
+from .shared_arrays import Parcel, discard, pack, sweep_orphans, unpack
 from .tile_store import TileStore, read_tile_store
 
 AUTO_MOST = 12  # I/O processes: a store's read + write + transfer is ~3 ms of CPU per
@@ -38,13 +40,29 @@ def write_and_describe(path: Path, store: ProbStore) -> dict[str, Any]:
     return {k: attrs[k] for k in ("valid_box", "threshold", "scales", "merge_method", "classes")}
 
 
+TILE_ARRAYS = ("pixels", "valid")  # the stores' fields that travel in shared memory
+PROB_ARRAYS = ("prob", "hits", "weight")
+
+
+def read_parcel(path: Path) -> Parcel:
+    """Read a tile store in an I/O process; its pixels travel back in shared memory."""
+    return pack(read_tile_store(path), TILE_ARRAYS)
+
+
+def write_parcel(path: Path, parcel: Parcel) -> dict[str, Any]:
+    """``write_and_describe`` in an I/O process, of a store sent in shared memory."""
+    return write_and_describe(path, unpack(parcel))
+
+
 class ChunkIO:
     """Background reads and writes of chunk stores (see the module docstring)."""
 
     def __init__(self, workers: int) -> None:
         self.depth = max(2, workers + 1)
         self._pool: Executor
-        if workers > 0:
+        self._processes = workers > 0
+        if self._processes:
+            sweep_orphans()  # shared arrays a killed predict left
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(workers, mp_context=context)
         else:
@@ -56,12 +74,19 @@ class ChunkIO:
         return self._fetchers.submit(self._fetch_and_read, path, fetch)
 
     def _fetch_and_read(self, path: Path, fetch: Callable[[Path], Path]) -> TileStore:
-        return self._pool.submit(read_tile_store, fetch(path)).result()
+        if not self._processes:
+            return self._pool.submit(read_tile_store, fetch(path)).result()
+        return unpack(self._pool.submit(read_parcel, fetch(path)).result())
 
     def write(self, path: Path, store: ProbStore) -> Future[dict[str, Any]]:
         """Write ``store`` to ``path`` in the background; the future holds what the manifest
         records of it (``write_and_describe``)."""
-        return self._pool.submit(write_and_describe, path, store)
+        if not self._processes:
+            return self._pool.submit(write_and_describe, path, store)
+        parcel = pack(store, PROB_ARRAYS)
+        future = self._pool.submit(write_parcel, path, parcel)
+        future.add_done_callback(lambda _: discard(parcel))  # unread if cancelled or broken
+        return future
 
     def __enter__(self) -> ChunkIO:
         return self
@@ -69,3 +94,5 @@ class ChunkIO:
     def __exit__(self, *exc: object) -> None:
         self._fetchers.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._processes:
+            sweep_orphans()  # reads finished but never taken (a run stopped by an error)
