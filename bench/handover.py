@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from deepseg.stores.chunk_io import PROB_ARRAYS, TILE_ARRAYS  # noqa: E402
 from deepseg.stores.prob_store import ProbStore  # noqa: E402
-from deepseg.stores.shared_arrays import Parcel, pack, unpack  # noqa: E402
+from deepseg.stores.shared_arrays import Parcel, SendBuffers, pack, unpack  # noqa: E402
 from deepseg.stores.tile_store import TileStore, read_tile_store  # noqa: E402
 
 WAYS = ("pickled", "shared memory")
@@ -56,6 +56,7 @@ def handover_ms(tile_path: Path, prob: ProbStore, repeat: int = 3) -> dict[str, 
     ``prob`` and to receive the tile store at ``tile_path`` (best of ``repeat``)."""
     context = multiprocessing.get_context("spawn")
     out = {}
+    buffers = SendBuffers(keep=2)  # as ChunkIO sends: into files it reuses
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         pool.submit(_give, tile_path, False).result()  # start it and read the store, untimed
         for way in WAYS:
@@ -63,11 +64,14 @@ def handover_ms(tile_path: Path, prob: ProbStore, repeat: int = 3) -> dict[str, 
             best = (float("inf"), float("inf"))
             for _ in range(repeat):
                 main, io = _cpu(), pool.submit(_cpu).result()
-                sent = pack(prob, PROB_ARRAYS) if shared else prob
+                sent = buffers.pack(prob, PROB_ARRAYS) if shared else prob
                 pool.submit(_take, sent).result()
+                if shared:
+                    buffers.release(sent)
                 got = pool.submit(_give, tile_path, shared).result()
                 _touch(unpack(got) if shared else got, TILE_ARRAYS)
                 main, io = _cpu() - main, pool.submit(_cpu).result() - io
                 best = min(best, (main, io))
             out[way] = {"main": 1000 * best[0], "io": 1000 * best[1]}
+    buffers.close()
     return out

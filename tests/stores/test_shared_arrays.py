@@ -3,6 +3,7 @@ behind (taken, discarded or orphaned by a dead process), the pipe where no room 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import pickle
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from deepseg.stores import shared_arrays
-from deepseg.stores.shared_arrays import Parcel, discard, pack, sweep_orphans, unpack
+from deepseg.stores.shared_arrays import Parcel, SendBuffers, pack, sweep_orphans, unpack
 
 pytestmark = pytest.mark.skipif(not shared_arrays.SHM.is_dir(), reason="no /dev/shm here")
 
@@ -73,9 +74,6 @@ def test_none_fields_small_parcels_and_no_room_go_through_the_pipe(tmp_path, mon
     parcel = pack(Arrays("c3", value.big, value.mask), ("big", "mask", "extra"))
     assert [a[0] for a in parcel.arrays] == ["big", "mask"]  # extra is None: left as it is
     assert unpack(pickle.loads(pickle.dumps(parcel))).extra is None
-    parcel = pack(value, ("big", "mask", "extra"))
-    discard(parcel)
-    assert parcel.name not in _ours()
     monkeypatch.setattr(shared_arrays, "SHM", tmp_path / "no-shm-here")
     assert pack(value, ("big",)) == Parcel(value)  # no shared memory: the value itself
     assert unpack(Parcel(value)) is value
@@ -93,3 +91,28 @@ def test_orphans_of_dead_processes_are_swept_and_live_ones_kept(tmp_path, monkey
     assert sweep_orphans() == 1
     assert not orphan.exists() and (tmp_path / live.name).exists() and other.exists()
     np.testing.assert_array_equal(unpack(live).big, example().big)
+
+
+def test_send_buffers_write_a_file_again_once_it_was_read():
+    before, value = _ours(), example()
+    buffers = SendBuffers(keep=1)
+    first = buffers.pack(value, ("big", "mask"))
+    np.testing.assert_array_equal(unpack(first).big, value.big)
+    assert first.reused and first.name in _ours()  # the receiver leaves the name
+    buffers.release(first)
+    other = dataclasses.replace(value, big=value.big[::-1].copy())
+    second = buffers.pack(other, ("big", "mask"))
+    assert second.name == first.name  # the same file, written again
+    third = buffers.pack(value, ("big", "mask"))  # while the second is unread: a new one
+    assert third.name != second.name
+    np.testing.assert_array_equal(unpack(second).big, other.big)
+    np.testing.assert_array_equal(unpack(third).big, value.big)
+    bigger = Arrays("c4", np.ones((2, 900, 900), np.float32), value.mask)
+    buffers.release(second)
+    buffers.release(third)  # over ``keep``: removed
+    assert _ours() == before | {second.name}
+    fourth = buffers.pack(bigger, ("big",))  # the idle file is too small: a new one
+    assert fourth.name != second.name
+    np.testing.assert_array_equal(unpack(fourth).big, bigger.big)
+    buffers.close()
+    assert _ours() == before

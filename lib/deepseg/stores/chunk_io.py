@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .prob_store import ProbStore, read_prob_attrs, write_prob_store
-from .shared_arrays import Parcel, discard, pack, sweep_orphans, unpack
+from .shared_arrays import Parcel, SendBuffers, pack, sweep_orphans, unpack
 from .tile_store import TileStore, read_tile_store
 
 AUTO_MOST = 12  # I/O processes: a store's read + write + transfer is ~3 ms of CPU per
@@ -61,6 +61,7 @@ class ChunkIO:
         self.depth = max(2, workers + 1)
         self._pool: Executor
         self._processes = workers > 0
+        self._sent = SendBuffers(keep=self.depth + 1)  # probability stores, to I/O processes
         if self._processes:
             sweep_orphans()  # shared arrays a killed predict left
             context = multiprocessing.get_context("spawn")
@@ -83,9 +84,9 @@ class ChunkIO:
         records of it (``write_and_describe``)."""
         if not self._processes:
             return self._pool.submit(write_and_describe, path, store)
-        parcel = pack(store, PROB_ARRAYS)
+        parcel = self._sent.pack(store, PROB_ARRAYS)
         future = self._pool.submit(write_parcel, path, parcel)
-        future.add_done_callback(lambda _: discard(parcel))  # unread if cancelled or broken
+        future.add_done_callback(lambda _: self._sent.release(parcel))  # written, or never
         return future
 
     def __enter__(self) -> ChunkIO:
@@ -94,5 +95,6 @@ class ChunkIO:
     def __exit__(self, *exc: object) -> None:
         self._fetchers.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sent.close()
         if self._processes:
             sweep_orphans()  # reads finished but never taken (a run stopped by an error)
