@@ -79,7 +79,8 @@ def block_summary(prob: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]
     rows, cols = np.arange(0, prob.shape[0], block), np.arange(0, prob.shape[1], block)
     # along the rows first: contiguous memory (the other order is ~20x slower on 4k px)
     block_max = np.maximum.reduceat(np.maximum.reduceat(prob, cols, axis=1), rows, axis=0)
-    valid = np.add.reduceat(prob != PROB_NODATA, cols, axis=1, dtype=np.int32)
+    valid = (prob != PROB_NODATA).view(np.uint8)  # summed as bool, it is ~20x slower
+    valid = np.add.reduceat(valid, cols, axis=1, dtype=np.int32)
     return block_max.astype(np.float32), np.add.reduceat(valid, rows, axis=0)
 
 
