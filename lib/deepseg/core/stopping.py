@@ -7,8 +7,10 @@ cancelled (``run.executors.slurm``) and what finished is kept for the rerun.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -61,3 +63,17 @@ def stop_on_signals() -> Iterator[None]:
 def exit_status(exc: KeyboardInterrupt) -> int:
     """The shell's status for a process ended by this interruption: 128 + the signal."""
     return 128 + (exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
+
+
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a pool's helper process: end it within ``every_s`` once ``parent`` (the process
+    that started it) is gone. A parent killed with SIGKILL cannot tell its pool, whose
+    processes would wait for work for ever, or go on with units that a rerun hands out again.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)  # as the parent was: at once, no clean-up (reruns sweep what is left)
+
+    threading.Thread(target=watch, name="deepseg-parent-watch", daemon=True).start()

@@ -17,6 +17,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from pathlib import Path
 from typing import Any
 
+from ..core.stopping import exit_with_parent
 from .prob_store import ProbStore, read_prob_attrs, write_prob_store
 from .shared_arrays import Parcel, SendBuffers, pack, sweep_orphans, unpack
 from .tile_store import TileStore, read_tile_store
@@ -65,7 +66,10 @@ class ChunkIO:
         if self._processes:
             sweep_orphans()  # shared arrays a killed predict left
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=context, initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )  # fmt: skip
         else:
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="deepseg-io")
         self._fetchers = ThreadPoolExecutor(self.depth, thread_name_prefix="deepseg-fetch")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ import cloudpickle
 
 from ...config import Experiment
 from ...core.progress import setup_logging
+from ...core.stopping import exit_with_parent
 from ...storage.paths import RunPaths
 from ..stage import Stage
 from ..work import work
@@ -24,10 +26,11 @@ def processes_for(stage: Stage, exp: Experiment, units: Sequence[str]) -> int:
     return 1 if stage.uses_gpu else max(1, min(exp.cluster.local_processes, len(units)))
 
 
-def _start_process(level: int) -> None:
+def _start_process(level: int, driver: int) -> None:
     # Ctrl-C reaches the whole process group: the driver alone handles it (and terminates
     # the processes), so no process prints its own traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(driver)  # a driver killed with SIGKILL takes its processes with it
     setup_logging(verbose=level <= logging.DEBUG)
 
 
@@ -49,7 +52,7 @@ def run_local(
     context = multiprocessing.get_context("spawn")  # no forked GDAL, HDF5 or torch state
     # a Pool, not a ProcessPoolExecutor: leaving it early (an error, a stop signal) terminates
     # the processes instead of waiting for them to finish their shares
-    with context.Pool(n, _start_process, (level,)) as pool:
+    with context.Pool(n, _start_process, (level, os.getpid())) as pool:
         try:
             calls = [cloudpickle.dumps((stage, exp, units[i::n], run_id, force)) for i in range(n)]
             shares = [pool.apply_async(_work_pickled, (call,)) for call in calls]
