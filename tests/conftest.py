@@ -179,3 +179,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> s
     for name in names:
         assert name in lines[0]
     return lines[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``tests/run.sh`` runs 2 processes), one process takes each test
+    file whole (its module fixtures are made once) and every real-Slurm test (one cluster);
+    those go first, being the longest chain (installing and starting Slurm included)."""
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable

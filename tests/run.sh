@@ -8,4 +8,5 @@ cd "$root"
 # shellcheck source=../lib/ensure_venv.sh
 source "$root/lib/ensure_venv.sh"
 deepseg_ensure_venv "$root" dev || { echo "tests/run.sh: installing DeepSeg failed (see above)" >&2; exit 1; }
-exec python -m pytest "$@"
+# 2 test processes (DEEPSEG_TEST_PROCESSES=0: all in this one; pytest's -n N overrides it)
+exec python -m pytest -n "${DEEPSEG_TEST_PROCESSES:-2}" --dist loadgroup "$@"
