@@ -181,6 +181,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> s
     return lines[0]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``tests/run.sh`` runs 2 processes), one process takes each test
     file whole (its module fixtures are made once) and every real-Slurm test (one cluster);
@@ -189,3 +190,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly where xdist no longer groups (pytest 9.2 broke it silently: two processes
+    would then each start Slurm, one waiting on the other's lock for 10 min, then skip)."""
+    if session.config.getoption("dist", "no") == "loadgroup" and session.config.option.numprocesses:
+        return  # the controller: the workers' ids are checked in the workers
+    if getattr(session.config.option, "loadgroup", False):  # an xdist worker of loadgroup
+        ungrouped = [i.nodeid for i in session.items if "@" not in i.nodeid.rsplit("]", 1)[-1]]
+        if ungrouped:
+            raise pytest.UsageError(
+                f"pytest-xdist did not group {ungrouped[0]} (pytest {pytest.__version__}): "
+                "use the pytest the dev extra pins, or DEEPSEG_TEST_PROCESSES=0"
+            )
