@@ -21,7 +21,8 @@ from .paths import PARTIAL_MARK, PARTIAL_PREFIX
 log = logging.getLogger(__name__)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (in this pid namespace)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,7 +45,7 @@ def sweep_dead_partials(folders: Iterable[Path]) -> int:
             continue
         for name in names:
             found = mark.search(name)
-            if found is None or _alive(int(found[1])):
+            if found is None or process_alive(int(found[1])):
                 continue
             path = Path(folder) / name
             if path.is_dir():

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..storage.partials import process_alive
+
 SHM = Path("/dev/shm")
 PREFIX = "deepseg-arrays-"
 MIN_BYTES = 1 << 20  # smaller parcels are pickled: a pipe is cheaper than a file for them
@@ -159,7 +161,7 @@ def sweep_orphans() -> int:
     removed = 0
     for path in SHM.glob(f"{PREFIX}*") if SHM.is_dir() else ():
         pid = path.name[len(PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -180,13 +182,3 @@ def _create(path: Path, size: int) -> mmap.mmap | None:
         return None
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
