@@ -4,12 +4,13 @@
 
 A stage of ``--units`` units whose work costs nothing: each unit expects one output file, and
 its executor writes the journals ``--workers`` workers would leave after doing every unit (a
-``running`` and a ``done`` record each, as ``work`` writes them, without the per-record fsync
-that is a real unit's cost, not the driver's). Timed: listing and sharding the units, splitting
-them into Slurm arrays, a first driver run (every unit pending: list, look for outputs, hand
-out, fold 2 x units records, write the manifest, report; the time the executor took writing
-the journals is shown apart), and a rerun of the finished stage (every unit skipped). Runs in
-a child process; prints seconds per phase and the child's peak RSS (from the kernel).
+header, then a ``running`` and a ``done`` record each, as ``work`` writes them, without the
+per-record fsync that is a real unit's cost, not the driver's). Timed: listing and sharding
+the units, splitting them into Slurm arrays, a first driver run (every unit pending: list,
+look for outputs, hand out, fold 2 x units records, write the manifest, report; the time the
+executor took writing the journals is shown apart), and a rerun of the finished stage (every
+unit skipped). Runs in a child process; prints seconds per phase and the child's peak RSS
+(from the kernel).
 ``--record`` appends the table to bench/RESULTS.md.
 """
 
@@ -34,16 +35,16 @@ from deepseg.config import load_experiment  # noqa: E402
 from deepseg.run import driver  # noqa: E402
 from deepseg.run.executors import EXECUTORS  # noqa: E402
 from deepseg.run.executors.slurm import split_units  # noqa: E402
-from deepseg.run.manifest import now_iso  # noqa: E402
+from deepseg.run.journal import header_line, record_line  # noqa: E402
 from deepseg.run.stage import Stage, select_shard  # noqa: E402
-from deepseg.storage.paths import RunPaths  # noqa: E402
+from deepseg.storage.paths import PROB_STORE, RunPaths  # noqa: E402
 
 
 def no_op_stage(n_units: int) -> Stage:
     """``n_units`` units, each expecting a store as predict's do; no worker is needed."""
 
-    def expected(exp, unit: str) -> list[Path]:
-        return [RunPaths.of(exp).prob_store(unit)]
+    def expected(exp, unit: str) -> list[str]:
+        return [PROB_STORE.format(unit)]  # as stages.predict's (not imported: torch's memory)
 
     def no_worker(exp):
         raise AssertionError("the bench executor does the units itself")
@@ -68,11 +69,10 @@ def journal_writer(n_workers: int, spent: dict[str, float]):
         for w in range(n_workers):
             worker = f"bench-{w}"
             with open(folder / f"{worker}.jsonl", "a", encoding="utf-8") as out:
+                out.write(header_line(run=run_id, worker=worker, host="bench"))
                 for unit in units[w * share : (w + 1) * share]:
-                    common = {"unit": unit, "run": run_id, "worker": worker, "host": "bench"}
-                    out.write(json.dumps({**common, "status": "running", "time": now_iso()}))
-                    done = {**common, "status": "done", "time": now_iso(), "outputs": []}
-                    out.write("\n" + json.dumps({**done, "counts": {"n": 1}}) + "\n")
+                    out.write(record_line(unit, "running"))
+                    out.write(record_line(unit, "done", outputs=[], counts={"n": 1}))
 
     return run
 

@@ -8,18 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from deepseg.run.manifest import WHO, UnitState, _fold_journals
+from deepseg.run.journal import WHO, journal_records
+from deepseg.run.manifest import UnitState, _fold_journals
 
 
 def fold_record_by_record(journals: list[Path]) -> dict[str, UnitState]:
     """The fold's rules applied one record at a time, in file order (the reference)."""
     states, latest, finished = {}, {}, {}
     for path in journals:
+        who = {}  # the header's, for the records after it
         for line in path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if "unit" not in rec:
+                who = {key: rec.get(key) for key in WHO}
+                continue
+            rec = {**who, **rec}
             unit, time_, status = rec["unit"], rec["time"], rec["status"]
             state = states.setdefault(unit, UnitState(unit, status))
             if time_ >= latest.get(unit, ""):
@@ -45,16 +51,27 @@ def fold_record_by_record(journals: list[Path]) -> dict[str, UnitState]:
 
 def write_journals(folder: Path, seed: int) -> list[Path]:
     """Workers retrying each other's units, killed mid-unit, a clock that steps back, equal
-    times, a torn last line."""
+    times, a torn last line; journals with headers (one or a few runs each), and from before
+    headers (every record naming its writer)."""
     rng = random.Random(seed)
     paths = []
     for w in range(6):
         clock = rng.randrange(0, 50)
         lines = []
-        for _ in range(rng.randrange(5, 40)):
+        legacy = w in (0, 3)
+        for i in range(rng.randrange(5, 40)):
             unit = f"c{rng.randrange(30):05d}_r00000"
             clock += rng.choice([0, 1, 1, 2, -7 if w == 2 else 1])  # worker 2's clock steps
-            who = {"run": f"run{rng.randrange(3)}", "worker": f"w{w}", "host": "h"}
+            if legacy or i == 0 or rng.random() < 0.1:  # a header: another run of the worker
+                who = {"run": f"run{rng.randrange(3)}", "worker": f"w{w}", "host": "h"}
+                if not legacy:
+                    lines.append({**who, "slurm_job": str(w), "opened": f"{clock:06d}"})
+                    who = {}
+            if i % 7 == 3:  # found complete on disk (a unit no one started): done, no start
+                found = f"c{100 + w * 50 + i:05d}_r00000"
+                done = {"unit": found, "status": "done", "time": f"{clock:06d}", **who}
+                lines.append({**done, "outputs": [f"out/{found}.kea"], "recovered": True})
+                continue
             lines.append({"unit": unit, "status": "running", "time": f"{clock:06d}", **who})
             end = rng.choice(["done", "done", "failed", None])
             if end is None:
@@ -83,6 +100,15 @@ def test_fold_equals_reading_record_by_record(tmp_path, seed):
     assert got == expected
     assert any(s.attempts > 1 for s in got.values())  # the case that merges journals
     assert any(s.ended is None for s in got.values())  # and the interrupted one
+    assert {s.slurm_job for s in got.values()} > {None}  # named by headers and by records
+    assert any(s.attempts == 0 for s in got.values())  # recovered, never started
+
+
+def test_journal_records_name_their_writer(tmp_path):
+    journals = write_journals(tmp_path, 1)
+    records = [r for j in journals for r in journal_records(j)]
+    assert records and all(r["worker"] and r["unit"] and r["run"] for r in records)
+    assert {r["worker"] for r in records} == {f"w{w}" for w in range(6)}
 
 
 def test_manifest_holds_every_field_of_every_unit(tmp_path):
@@ -92,7 +118,7 @@ def test_manifest_holds_every_field_of_every_unit(tmp_path):
     from deepseg.storage.paths import RunPaths
 
     states = _fold_journals(write_journals(tmp_path, 0))
-    states["c00099_r00000"] = UnitState("c00099_r00000", "done", counts={"ratio": float("nan")})
+    states["c99999_r00000"] = UnitState("c99999_r00000", "done", counts={"ratio": float("nan")})
     target = write_manifest(RunPaths(tmp_path / "out"), "predict", states)
     manifest = json.loads(target.read_text())
     assert manifest["stage"] == "predict"

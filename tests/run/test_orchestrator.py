@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from conftest import lattice_transform, write_experiment, write_raster
 from deepseg.config import load_experiment
 from deepseg.geo.grid import TileGrid
+from deepseg.run.journal import journal_records
 from deepseg.run.manifest import fold
 from deepseg.storage.paths import RunPaths
 from deepseg.stores.tile_store import read_tile_store
@@ -55,5 +55,5 @@ def test_shards_of_a_tile_list_cover_it_exactly_once(tmp_path, model_dir):
     assert all(s.status == "done" and s.attempts == 1 for s in predicted.values())
     journals = sorted((paths.logs / "manifest" / "predict").glob("*.jsonl"))
     assert len(journals) == SHARDS  # one worker per VM, each with its own share
-    shares = [{json.loads(line)["unit"] for line in j.read_text().splitlines()} for j in journals]
+    shares = [{r["unit"] for r in journal_records(j)} for j in journals]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(predicted)

@@ -4,7 +4,6 @@ the stages as job arrays, identical to a local run; cancelled, killed and requeu
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from deepseg.config import load_experiment
 from deepseg.core.errors import DeepSegError
 from deepseg.run.executors.slurm import slurm_parameters
 from deepseg.run.executors.slurm_queue import recorded_arrays
+from deepseg.run.journal import journal_records
 from deepseg.run.manifest import fold
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import STAGE as PREDICT
@@ -254,11 +254,7 @@ def attempts(folder: Path, status: str | None = None) -> dict[str, list[tuple[st
     with ``status``, only units with a record of that status."""
     spans: dict[tuple[str, str], list[str]] = {}
     for journal in (folder / "out" / "logs" / "manifest" / "predict").glob("*.jsonl"):
-        for line in journal.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line being written
-                continue
+        for record in journal_records(journal):  # a line being written is left out
             if not record.get("recovered") and status in (None, record["status"]):
                 spans.setdefault((record["unit"], record["worker"]), []).append(record["time"])
     out: dict[str, list[tuple[str, str, str]]] = {}
@@ -352,19 +348,18 @@ def test_forced_requeue_resumes_at_the_first_unfinished_chunk(slurm_cluster, tmp
     assert not driver.is_alive()
     journals = sorted((folder / "out" / "logs" / "manifest" / "predict").glob("*.jsonl"))
     assert len(journals) == 2  # the task before and after its requeue (another process)
-    records = [line for j in journals for line in j.read_text().splitlines()]
-    done = [r for r in records if '"status": "done"' in r]
-    units = [re.search(r'"unit": "([^"]+)"', r).group(1) for r in done]
+    first, second = (journal_records(j) for j in sorted(journals, key=os.path.getmtime))
+    units = [r["unit"] for r in first + second if r["status"] == "done"]
     assert sorted(units) == sorted(set(units)) and len(units) == 25  # nothing done twice
-    first, second = (j.read_text().splitlines() for j in sorted(journals, key=os.path.getmtime))
     # finished before the requeue: recorded then, or found complete on disk after it (killed
     # between a store's rename and its record)
-    finished = [r for r in first if '"done"' in r] + [r for r in second if '"recovered"' in r]
-    resumed = next(r for r in second if '"status": "running"' in r)
+    finished = [r for r in first if r["status"] == "done"] + [
+        r for r in second if r.get("recovered")
+    ]
+    resumed = next(r for r in second if r["status"] == "running")
     ordered = sorted(fold(RunPaths.of(exp), "predict"))
-    unit = re.search(r'"unit": "([^"]+)"', resumed).group(1)
-    assert unit == ordered[len(finished)]  # the first unit not finished before the requeue
-    assert '"slurm_job"' in resumed  # one task: submitit submits a plain job, no array
+    assert resumed["unit"] == ordered[len(finished)]  # the first unit not finished before
+    assert resumed["slurm_job"] and not resumed["slurm_array_task"]  # submitit: a plain job
 
 
 def test_parameters_ask_a_gpu_for_predict_only_and_need_no_slurm(tmp_path, model_dir, monkeypatch):

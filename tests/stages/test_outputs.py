@@ -18,7 +18,7 @@ from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
 from deepseg.stages.vectorize import COLUMNS, vectorize
-from deepseg.storage.paths import atomic_folder
+from deepseg.storage.partials import atomic_folder
 
 AT = (2048 + 5, 4096 + 9)  # grid (col, row) of the raster's pixel (0, 0)
 

@@ -40,11 +40,12 @@ from ..core.errors import DeepSegError
 from ..core.progress import progress
 from ..geo.grid import PixelBox, TileGrid
 from ..geo.tile_list import TileList, listed_tiles
-from ..run.manifest import UnitState, fold, now_iso
+from ..run.journal import now_iso
+from ..run.manifest import UnitState, fold
 from ..run.runlog import update_run_log
 from ..stages.assembly import StoreIndex, regions
 from ..stages.layers import BINARY_NODATA
-from ..stages.merge import merge_outputs
+from ..stages.merge import region_files
 from ..stages.tiles import tiling_units
 from ..storage.paths import RunPaths, atomic_path
 from ..stores.layout import holds_probability
@@ -144,7 +145,7 @@ def _unmerged(exp: Experiment, paths: RunPaths, state: UnitState | None, region:
     why = _not_finished(state, "merge")
     if why is not None:
         return why
-    gone = [p.name for p in merge_outputs(exp, region) if not paths.done(p)]
+    gone = [p.name for p in region_files(exp, region) if not paths.done(p)]
     return f"merged raster(s) missing: {', '.join(gone)}" if gone else None
 
 
@@ -213,7 +214,7 @@ def check_run(exp: Experiment) -> dict[str, Any]:
         report["outputs_missing"] = [
             paths.show(p)
             for region in regions(exp, grid, index)
-            for p in merge_outputs(exp, region)
+            for p in region_files(exp, region)
             if not paths.done(p)
         ]
         if not paths.done(paths.polygons):

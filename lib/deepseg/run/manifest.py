@@ -1,105 +1,37 @@
 """The per-stage manifest: what happened to each unit of work (a chunk or a region).
 
-Every worker process appends records to its OWN journal,
-``logs/manifest/{stage}/{worker}.jsonl`` (one JSON object per line, flushed and fsynced), so
-concurrent Slurm array tasks never write the same file and a crash loses at most the line being
-written. A record is ``{"unit", "status", "time", "run", "worker", "host", "slurm_job",
-...}`` with status ``running`` (a unit started), ``done`` (its outputs were renamed into place;
-``outputs`` lists them, relative to ``output.path``; ``counts`` are summed in the run log;
-``info`` holds facts later stages read, e.g. a probability store's valid box;
-``made_from`` a digest of the inputs and settings it was made from) or ``failed`` (``error``
-holds the text).
-
-``fold`` reads every journal and keeps one state per unit: its last record, the number of
-attempts (``running`` records) and the first start. ``write_manifest`` stores that view as
-``logs/{stage}_manifest.json`` (atomic). Times are UTC ISO 8601.
+``fold`` reads every worker's journal (see ``journal``) and keeps one state per unit: its
+last record, the number of attempts (``running`` records) and the first start.
+``write_manifest`` stores that view as ``logs/{stage}_manifest.json`` (atomic). Times are UTC
+ISO 8601.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import gc
 import hashlib
 import json
 import operator
-import os
-import socket
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from ..storage.paths import RunPaths, atomic_path, publish
+from ..storage.paths import RunPaths, atomic_path
+from .journal import WHO, Status, Who, read_journal
 
 MANIFEST_BATCH = 10_000  # units encoded per call when the manifest is written
-PUBLISH_EVERY_S = 30.0  # a gs:// run uploads a worker's journal at most this often (and at end)
-
-Status = Literal["running", "done", "failed"]
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601 with microseconds (records from one worker stay ordered)."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
-
-
-def slurm_ids() -> dict[str, str]:
-    """The Slurm job, array job and array task ids of this process ({} outside Slurm)."""
-    names = {
-        "slurm_job": "SLURM_JOB_ID",
-        "slurm_array_job": "SLURM_ARRAY_JOB_ID",
-        "slurm_array_task": "SLURM_ARRAY_TASK_ID",
-    }
-    return {key: os.environ[var] for key, var in names.items() if os.environ.get(var)}
-
-
-def worker_name() -> str:
-    """A name unique to this process: Slurm job/task id when there is one, host and pid."""
-    ids = slurm_ids()
-    job = ids.get("slurm_array_job", ids.get("slurm_job"))
-    task = ids.get("slurm_array_task")
-    prefix = f"{job}_{task}-" if task else f"{job}-" if job else ""
-    return f"{prefix}{socket.gethostname()}-{os.getpid()}"
-
-
-class Journal:
-    """Append-only record file of one worker for one stage."""
-
-    def __init__(self, paths: RunPaths, stage: str, run_id: str) -> None:
-        self.run_id = run_id
-        self.worker = worker_name()
-        self.path = paths.logs / "manifest" / stage / f"{self.worker}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._ids = {"host": socket.gethostname(), **slurm_ids()}
-        self._published = time.monotonic()
-
-    def record(self, unit: str, status: Status, **fields: Any) -> None:
-        """Append one record and make it durable before returning."""
-        line = {
-            "unit": unit,
-            "status": status,
-            "time": now_iso(),
-            "run": self.run_id,
-            "worker": self.worker,
-            **self._ids,
-            **fields,
-        }
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if time.monotonic() - self._published > PUBLISH_EVERY_S:
-            self.close()
-
-    def close(self) -> None:
-        """Publish the journal (to the bucket of a gs:// run; nothing to do locally)."""
-        if self.path.exists():
-            publish(self.path)
-        self._published = time.monotonic()
+# The fold of journals this large (~100,000 units) is moved out of the cyclic garbage
+# collector's sight (``gc.freeze``): its millions of acyclic objects would otherwise be walked
+# again by each of the collector's next passes (~4 s of a 10^6-unit driver call). They are
+# still freed, by reference counting, when the fold is replaced.
+FREEZE_BYTES = 16 * 2**20
+STATUSES = {s: s for s in ("running", "done", "failed")}  # one copy of each, not one per unit
 
 
 @dataclass(slots=True)
@@ -125,91 +57,94 @@ class UnitState:
     made_from: str | None = None  # see ``digest``; None for units recovered from disk
 
 
-WHO = ("run", "worker", "host", "slurm_job", "slurm_array_job", "slurm_array_task")
-MANIFEST_FIELDS = tuple(UnitState.__dataclass_fields__)
-
-
-def _journal_records(path: Path) -> list[dict[str, Any]]:
-    """A journal's records: parsed as one JSON array (one C-level parse, not one per line);
-    line by line only when that fails (a line torn by a worker killed while writing it, or
-    a NaN count, which only ``json`` reads)."""
-    data = path.read_bytes().rstrip(b"\n")
-    try:
-        return orjson.loads(b"[" + data.replace(b"\n", b",") + b"]") if data else []
-    except orjson.JSONDecodeError:
-        records = []
-        for line in data.splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-
 def _fold_journals(journals: Iterable[Path]) -> dict[str, UnitState]:
     """Every record, in any order, folded: a unit's latest record says who and what (status),
     its latest done or failed record what it left, its ``running`` records how often and
-    when it started. A journal's records are first reduced per unit by dict comprehensions
-    (C speed; sorted by time first if a clock stepped back), so the Python work is per unit
-    and journal, not per record; ``shared`` keeps one copy of the values many units repeat."""
+    when it started. Each run of records under one header is reduced per unit at C speed
+    (dicts and maps over its records), so the Python work is per unit, not per record."""
     states: dict[str, UnitState] = {}
-    latest: dict[str, str] = {}  # unit -> time of its latest record
-    shared: dict[Any, Any] = {}
+    shared: dict[Who, Who] = {}  # one copy of each worker's who
     for path in journals:
-        records = _journal_records(path)
-        times = [r["time"] for r in records]
-        if times != sorted(times):
-            records.sort(key=operator.itemgetter("time"))  # stable: ties keep their order
-        last = {r["unit"]: r for r in records}
-        ended = {r["unit"]: r for r in records if r["status"] != "running"}
-        starts = [r for r in records if r["status"] == "running"]
-        started = {r["unit"]: r["time"] for r in starts}
-        attempts = Counter(r["unit"] for r in starts) if len(starts) > len(started) else None
-        if states.keys().isdisjoint(last):  # the common case: units no journal before had
-            for unit, rec in last.items():
-                states[unit] = _first_state(unit, rec, ended.get(unit), started, attempts, shared)
-            latest.update({unit: rec["time"] for unit, rec in last.items()})
-            continue
-        for unit, rec in last.items():
-            state = states.get(unit)
-            if state is None:
-                states[unit] = _first_state(unit, rec, ended.get(unit), started, attempts, shared)
-                latest[unit] = rec["time"]
-                continue
-            if rec["time"] >= latest.get(unit, ""):
-                latest[unit], state.status = rec["time"], rec["status"]
-                for key in WHO:
-                    value = rec.get(key)
-                    setattr(state, key, shared.setdefault(value, value))
-            if unit in started:
-                state.attempts += attempts[unit] if attempts is not None else 1
-                state.started = max(state.started or "", started[unit])
-            end = ended.get(unit)
-            if end is not None and end["time"] >= (state.ended or ""):
-                state.ended = end["time"]  # the latest end so far; settled below
-                state.error, state.made_from = end.get("error"), end.get("made_from")
-                state.outputs = end.get("outputs", [])
-                state.counts, state.info = end.get("counts", {}), end.get("info", {})
+        for who, records in read_journal(path):
+            if records:
+                _fold_part(records, who if who is None else shared.setdefault(who, who),
+                           states, shared)  # fmt: skip
     for state in states.values():  # a start after the last end: at work, or interrupted
         if state.started is not None and (state.ended is None or state.started > state.ended):
             state.ended, state.error = None, None
     return states
 
 
-def _first_state(unit: str, rec: dict, end: dict | None, started: dict, attempts, shared):
-    """A unit's state from the one journal it has appeared in so far (see the fold);
-    ``attempts`` None: one ``running`` record per unit started."""
+def _fold_part(records: list[dict], who: Who | None, states: dict, shared: dict) -> None:
+    """Fold one writer's records (``who`` None: each record names its writer) into
+    ``states``; a unit's latest record so far is the later of its start and its end."""
+    times = list(map(operator.itemgetter("time"), records))
+    if times != sorted(times):  # a clock stepped back: sort (stable, ties keep their order)
+        records = sorted(records, key=operator.itemgetter("time"))
+    statuses = list(map(operator.itemgetter("status"), records))
+    is_start = [s == "running" for s in statuses]
+    unit_of = operator.itemgetter("unit")
+    last = dict(zip(map(unit_of, records), records, strict=True))
+    ends = list(compress(records, [not s for s in is_start]))
+    ended = dict(zip(map(unit_of, ends), ends, strict=True))
+    starts = list(compress(records, is_start))
+    started = {r["unit"]: r["time"] for r in starts}
+    attempts = Counter(map(unit_of, starts)) if len(starts) > len(started) else None
+    seen = {} if states.keys().isdisjoint(last) else {u: r for u, r in last.items() if u in states}
+    new = {u: r for u, r in last.items() if u not in seen} if seen else last
+    states.update(_new_states(new, ended, started, attempts, who, shared))
+    for unit, rec in seen.items():
+        state = states[unit]
+        if rec["time"] >= max(state.started or "", state.ended or ""):
+            state.status = STATUSES.get(rec["status"], rec["status"])
+            for key, value in zip(WHO, who or _who(rec, shared), strict=True):
+                setattr(state, key, value)
+        if unit in started:
+            state.attempts += attempts[unit] if attempts is not None else 1
+            state.started = max(state.started or "", started[unit])
+        end = ended.get(unit)
+        if end is not None and end["time"] >= (state.ended or ""):
+            state.ended = end["time"]  # the latest end so far; settled after every journal
+            state.error, state.made_from = end.get("error"), end.get("made_from")
+            state.outputs = end.get("outputs", [])
+            state.counts, state.info = end.get("counts", {}), end.get("info", {})
+
+
+def _new_states(last: dict, ended: dict, started: dict, attempts, who, shared) -> Iterator:
+    """(unit, state) of units no earlier part had, from their records in this part, built
+    column by column (``attempts`` None: one ``running`` record per unit started)."""
+    units = list(last)
+    end = list(map(ended.get, units, repeat(NO_END)))
+    start = list(map(started.get, units))
+    if attempts is not None:
+        count = list(map(attempts.__getitem__, units))
+    else:
+        count = [0 if s is None else 1 for s in start]
+    status = [STATUSES.get(r["status"], r["status"]) for r in last.values()]
+    if who is not None:
+        whos = [repeat(value) for value in who]
+    else:
+        whos = list(zip(*[_who(r, shared) for r in last.values()], strict=True))
+    get = dict.get
+    columns = (
+        [e.get("outputs", []) for e in end],
+        [e.get("counts", {}) for e in end],
+        [e.get("info", {}) for e in end],
+        map(get, end, repeat("error")),
+        map(get, end, repeat("made_from")),
+    )
+    ended_at = map(get, end, repeat("time"))
+    states = map(UnitState, units, status, count, start, ended_at, *whos, *columns)
+    return zip(units, states, strict=True)
+
+
+NO_END: dict[str, Any] = {}  # the end record of a unit that has none (read, never written)
+
+
+def _who(rec: dict, shared: dict) -> Who:
+    """Who wrote a record that names its writer (a journal from before headers)."""
     who = tuple(map(rec.get, WHO))
-    who = shared.setdefault(who, who)  # one worker's records repeat one of a few
-    start = started.get(unit)
-    n = attempts[unit] if attempts is not None else int(start is not None)
-    if end is None:
-        return UnitState(unit, rec["status"], n, start, None, *who)
-    get = end.get
-    return UnitState(  # every field by position: the fastest call, once per unit
-        unit, rec["status"], n, start, end["time"], *who, get("outputs", []), get("counts", {}),
-        get("info", {}), get("error"), get("made_from"),
-    )  # fmt: skip
+    return shared.setdefault(who, who)
 
 
 # (run folder, stage) -> (the journals' stat when folded, the states)
@@ -240,8 +175,14 @@ def fold(paths: RunPaths, stage: str) -> dict[str, UnitState]:
     key = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
     cached = _folded.get((paths.root, stage))
     if cached is None or cached[0] != key:
+        _folded.pop((paths.root, stage), None)  # not two folds of a stage in memory at once
+        big = sum(st.st_size for _, st in stats) >= FREEZE_BYTES
+        if big:
+            gc.collect()  # no garbage is frozen with the fold
         with paused_gc():
             cached = _folded[paths.root, stage] = (key, _fold_journals(journals))
+            if big:
+                gc.freeze()
     return dict(cached[1])
 
 

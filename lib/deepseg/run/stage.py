@@ -68,7 +68,8 @@ class Stage:
 
     name: str  # as in the run log and the manifest, e.g. "predict"
     units: Callable[[Experiment], list[str]]  # every unit of the run, sorted
-    expected: Callable[[Experiment, str], list[Path]]  # what a unit with work to do writes
+    # what a unit with work to do writes, relative to output.path ("predictions/c1.kea")
+    expected: Callable[[Experiment, str], list[str]]
     worker: Callable[[Experiment], Worker]  # per-process set-up: open inputs, load the model
     check: Callable[[Experiment], None] | None = None  # first, writes nothing: refuse early
     prepare: Callable[[Experiment], None] | None = None  # driver-side, once units are known
@@ -99,20 +100,21 @@ def new_run_id() -> str:
 
 def is_done(
     state: UnitState | None,
-    expected: Sequence[Path],
+    expected: Sequence[str],
     paths: RunPaths,
     run_id: str,
     force: bool,
     current: str | None = None,
-    done: Callable[[Path | str], bool] | None = None,
+    done: Callable[[str], bool] | None = None,
 ) -> bool:
     """See the module docstring; ``current`` is the unit's ``made_from`` digest today,
-    ``done`` answers whether an output is finished (``paths.done_checker()``)."""
+    ``done`` answers whether an output (relative to ``paths.root``) is finished
+    (``paths.done_checker()``)."""
     if is_stale(state, current):
         return False
     done = done or paths.done_checker()
     if state is not None and state.status == "done" and (not force or state.run == run_id):
-        recorded = all(done(out) for out in state.outputs)  # relative to paths.root
+        recorded = all(done(out) for out in state.outputs)
         return recorded and (not state.outputs or all(done(p) for p in expected))
     return not force and bool(expected) and all(done(p) for p in expected)
 

@@ -11,7 +11,8 @@ from ..core.errors import DeepSegError, brief
 from ..core.progress import progress
 from ..storage.partials import sweep_dead_partials
 from ..storage.paths import RunPaths
-from .manifest import Journal, fold
+from .journal import Journal
+from .manifest import fold
 from .stage import Event, Stage, events, made_from, pending_units
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
     if not todo:
         journal.close()
         return 0
-    sweep_dead_partials({p.parent for u in todo for p in stage.expected(exp, u)})
+    sweep_dead_partials({(paths.root / p).parent for u in todo for p in stage.expected(exp, u)})
     worker = stage.worker(exp)
     failed = succeeded = 0
     stream = events(worker, todo)
@@ -45,7 +46,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         for kind, unit, payload in progress(ends, len(todo), f"{stage.name}: units", log):
             if kind == "done":
                 succeeded += 1
-                outputs = [str(p.relative_to(paths.root)) for p in payload.outputs]
+                outputs = [paths.relative(p) for p in payload.outputs]
                 journal.record(
                     unit,
                     "done",
@@ -96,6 +97,6 @@ def record_recovered(
         return
     journal = journal or Journal(paths, stage.name, run_id)
     for unit in missing:  # the best guess: made from today's inputs and settings (current)
-        outputs = [str(p.relative_to(paths.root)) for p in stage.expected(exp, unit)]
+        outputs = stage.expected(exp, unit)
         journal.record(unit, "done", outputs=outputs, recovered=True, made_from=current(unit))
     log.info("%s: %d unit(s) found complete on disk, recorded as done", stage.name, len(missing))

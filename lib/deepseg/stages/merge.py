@@ -63,7 +63,7 @@ class MergeWorker(RegionMerger):
             self.threshold,
         )
         merge_region(self.exp, self, unit)
-        written = merge_outputs(self.exp, unit)
+        written = region_files(self.exp, unit)
         return UnitResult(written, {"regions_written": 1, "pixels": box.width * box.height})
 
 
@@ -84,13 +84,18 @@ class PartWorker(RegionMerger):
         return UnitResult(targets, {"parts_written": 1, "pixels": band.width * band.height})
 
 
-def merge_outputs(exp: Experiment, region: str) -> list[Path]:
+def region_files(exp: Experiment, region: str) -> list[Path]:
     """The files region ``region`` gets under the current ``merge.products`` and ``formats``."""
     paths = RunPaths.of(exp)
     kea_files = [paths.region_kea(region, n) for n, *_ in KEA_LAYERS]
     cogs = [paths.region_layer(region, n) for n in layer_names(exp, run_classes(exp))]
     png = [paths.region_preview(region)] if "preview" in exp.merge.products else []
     return cogs + png + (kea_files if "kea" in exp.merge.formats else [])
+
+
+def merge_outputs(exp: Experiment, region: str) -> list[str]:
+    """``region_files``, relative to ``output.path`` (the stage's ``expected``)."""
+    return [RunPaths.of(exp).relative(f) for f in region_files(exp, region)]
 
 
 def merged_made_from(exp: Experiment) -> Callable[[str], str]:
@@ -123,9 +128,11 @@ def part_units(exp: Experiment, force: bool = False) -> list[str]:
     return sorted(part_unit(r, k) for r, n in counts.items() if n > 1 for k in range(n))
 
 
-def part_outputs(exp: Experiment, unit: str) -> list[Path]:
+def part_outputs(exp: Experiment, unit: str) -> list[str]:
     region, k = parse_part_unit(unit)
-    return part_files(RunPaths.of(exp), region, k, layer_names(exp, run_classes(exp)))
+    paths = RunPaths.of(exp)
+    files = part_files(paths, region, k, layer_names(exp, run_classes(exp)))
+    return [paths.relative(f) for f in files]
 
 
 def parts_made_from(exp: Experiment) -> Callable[[str], str]:

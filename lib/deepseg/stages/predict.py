@@ -28,7 +28,7 @@ from ..run.driver import run
 from ..run.manifest import digest, done_runs, fold
 from ..run.runlog import update_run_log
 from ..run.stage import Event, Stage, UnitResult
-from ..storage.paths import RunPaths, publish
+from ..storage.paths import PROB_STORE, RunPaths, publish
 from ..stores.chunk_io import ChunkIO, auto_workers
 from ..stores.layout import StorePlace, check_on_grid
 from ..stores.prob_store import ProbStore
@@ -214,7 +214,7 @@ def predictions_made_from(exp: Experiment) -> Callable[[str], str]:
 STAGE = Stage(
     name="predict",
     units=predict_units,
-    expected=lambda exp, unit: [RunPaths.of(exp).prob_store(unit)],
+    expected=lambda exp, unit: [PROB_STORE.format(unit)],
     worker=PredictWorker,
     check=check_model_and_grid,
     made_from=predictions_made_from,

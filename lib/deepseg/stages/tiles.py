@@ -24,7 +24,7 @@ from ..model.folder import local_model_dir
 from ..run.driver import run
 from ..run.manifest import digest
 from ..run.stage import Stage, UnitResult
-from ..storage.paths import RunPaths
+from ..storage.paths import TILE_STORE, RunPaths
 from ..stores.layout import StorePlace, check_on_grid
 from ..stores.tile_store import TileStore, TileTable, read_tile_header, write_tile_store
 
@@ -184,7 +184,7 @@ def tiles_made_from(exp: Experiment) -> Callable[[str], str]:
 STAGE = Stage(
     name="create_tiles",
     units=tiling_units,
-    expected=lambda exp, unit: [RunPaths.of(exp).tile_store(unit)],
+    expected=lambda exp, unit: [TILE_STORE.format(unit)],
     worker=TilingWorker,
     check=lambda exp: check_model_and_grid(exp, download=False),
     made_from=tiles_made_from,

@@ -40,7 +40,7 @@ from ..run.driver import run
 from ..run.manifest import digest, done_runs
 from ..run.runlog import update_run_log
 from ..run.stage import Stage, UnitResult
-from ..storage.paths import RunPaths, atomic_path
+from ..storage.paths import CHUNK_PIECES, RunPaths, atomic_path
 from ..stores.layout import PROB_NODATA, holds_probability
 from .assembly import StoreIndex, assemble, check_predicted, regions
 from .hot_blocks import CoreMap, assemble_hot
@@ -118,7 +118,7 @@ class VectorizeWorker:
         foot = gpd.GeoDataFrame(
             {**values, "kind": ["footprint"]}, geometry=[footprint], crs=self.exp.crs
         )
-        target = self.paths.pieces / f"{unit}.fgb"
+        target = self.paths.chunk_pieces(unit)
         with atomic_path(target) as tmp:
             pd.concat([frame, foot], ignore_index=True).to_file(  # layer: not the temp name
                 tmp, layer=unit, driver="FlatGeobuf", geometry_type="MultiPolygon"
@@ -212,7 +212,7 @@ def polygons_made_from(exp: Experiment) -> Callable[[str], str]:
 STAGE = Stage(
     name="vectorize",
     units=vectorize_units,
-    expected=lambda exp, unit: [RunPaths.of(exp).pieces / f"{unit}.fgb"],
+    expected=lambda exp, unit: [CHUNK_PIECES.format(unit)],
     worker=VectorizeWorker,
     finish=gather,
     check=check_predicted,

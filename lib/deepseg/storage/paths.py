@@ -34,7 +34,6 @@ import functools
 import logging
 import os
 import secrets
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PARTIAL_PREFIX = "."
 PARTIAL_MARK = ".partial"
+# a chunk's files relative to output.path, as ``Stage.expected`` and the manifest name them
+# (strings: a driver asks for 10^6 of them, and a Path costs ~1 us more each)
+TILE_STORE, PROB_STORE, CHUNK_PIECES = "tiles/{}.kea", "predictions/{}.kea", "vectors/pieces/{}.fgb"
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,11 @@ class RunPaths:
         parallel file system take minutes)."""
         if self.remote is not None:
             return lambda path: self.done(self.root / path if isinstance(path, str) else path)
-        root = os.fspath(self.root)
+        root = os.fspath(self.root) + os.sep
         listed: dict[str, frozenset[str]] = {}
 
         def done(path: Path | str) -> bool:
-            full = os.path.join(root, path) if isinstance(path, str) else os.fspath(path)
+            full = root + path if isinstance(path, str) else os.fspath(path)
             folder, _, name = full.rpartition(os.sep)  # os.path.split, at 10^6 calls a run
             names = listed.get(folder)
             if names is None:
@@ -166,10 +168,18 @@ class RunPaths:
         return self.finished(self.predictions, ".kea")
 
     def tile_store(self, chunk_id: str) -> Path:
-        return self.tiles / f"{chunk_id}.kea"
+        return self.root / TILE_STORE.format(chunk_id)
 
     def prob_store(self, chunk_id: str) -> Path:
-        return self.predictions / f"{chunk_id}.kea"
+        return self.root / PROB_STORE.format(chunk_id)
+
+    def chunk_pieces(self, chunk_id: str) -> Path:
+        """A chunk's polygon pieces and footprint, gathered into ``polygons``."""
+        return self.root / CHUNK_PIECES.format(chunk_id)
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to ``root``, as the manifest records outputs."""
+        return path.relative_to(self.root).as_posix()
 
     def region_layer(self, region: str, layer: str) -> Path:
         """A merged raster of a region: layer prob, binary, uncertainty or scales."""
@@ -195,7 +205,7 @@ class RunPaths:
 
     @functools.cached_property
     def pieces(self) -> Path:
-        """Per chunk, its polygon pieces and footprint, gathered into ``polygons``."""
+        """The folder of ``chunk_pieces``."""
         return self.vectors / "pieces"
 
     @property
@@ -277,24 +287,3 @@ def publish(path: Path) -> None:
     published_by = covering_mirror(path)
     if published_by is not None:
         published_by.publish(path)
-
-
-@contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder to fill (``partial_path``); on success it takes the place of
-    ``path``, on error it is deleted. An existing ``path`` is moved aside (``.NAME.*.old``) and
-    deleted only once the new folder is in place, so a crash never leaves a half-filled one.
-    """
-    tmp = partial_path(path)
-    old = path.with_name(f"{PARTIAL_PREFIX}{path.name}.{writer_token()}.old")
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -35,7 +35,7 @@ from ..model.card import CONFIG, STATS, WEIGHTS, ModelCard
 from ..model.inference import BatchSize, predict_footprint
 from ..model.loading import LoadedModel, choose_device
 from ..model.unet import DeepSegUNet
-from ..storage.paths import atomic_folder
+from ..storage.partials import atomic_folder
 from ..stores.layout import StorePlace
 from ..stores.tile_store import TileStore, TileTable
 from ..training.scoring import Calibration, calibrate_threshold, segmentation_loss

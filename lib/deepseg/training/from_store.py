@@ -40,7 +40,8 @@ from ..model.unet import DeepSegUNet
 from ..qa.class_scores import confusion
 from ..qa.metrics import PixelTally
 from ..run.manifest import digest
-from ..storage.paths import atomic_folder, atomic_path
+from ..storage.partials import atomic_folder
+from ..storage.paths import atomic_path
 from .scoring import (
     Calibration,
     calibrate_tally,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ...core.errors import DeepSegError, brief
 from ...storage.paths import RunPaths, atomic_path, writer_token
-from ..manifest import now_iso
+from ..journal import now_iso
 
 log = logging.getLogger(__name__)
 SQUEUE_TRIES = 3  # squeue is asked this often (SQUEUE_RETRY_S apart) before the driver gives up
