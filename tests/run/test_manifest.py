@@ -125,3 +125,21 @@ def test_manifest_holds_every_field_of_every_unit(tmp_path):
     want = [asdict(states[u]) for u in sorted(states)]
     want[-1]["counts"]["ratio"] = None  # JSON has no NaN
     assert manifest["units"] == want
+
+
+@pytest.mark.parametrize(
+    ("first", "more"),
+    [
+        (({"c1": "r1", "c0": "r0"},), ({"box": [0, 1]}, 0.5, {"k": "v"})),
+        ((), ("a", 1)),
+        (({"c1": "r1"}, [1, 2]), ()),
+        ((), ()),
+        ((Path("/x"), None), (float("inf"), "b")),
+    ],
+)
+def test_digest_after_equals_the_whole_digest(first, more):
+    from deepseg.run.manifest import digest, digest_after
+
+    assert digest_after(*first)(*more) == digest(*first, *more)
+    if first or more:
+        assert digest_after(*first)(*more, "x") != digest(*first, *more)

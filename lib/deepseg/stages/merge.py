@@ -30,7 +30,7 @@ from ..config import Experiment
 from ..geo.grid import TileGrid
 from ..model.threshold import threshold_identity
 from ..run.driver import run
-from ..run.manifest import digest, done_runs
+from ..run.manifest import digest, digest_after, done_runs
 from ..run.stage import Stage, UnitResult, new_run_id, pending_units
 from ..storage.paths import RunPaths, atomic_path
 from .assembly import DEFAULT_REGION, StoreIndex, check_predicted, regions
@@ -102,10 +102,10 @@ def merged_made_from(exp: Experiment) -> Callable[[str], str]:
     """Region -> digest of what its rasters are made from: every probability store (by the
     predict run that wrote it), the region's box, the threshold and the merge settings
     (``part_px`` aside: it changes no byte)."""
-    stores = done_runs(RunPaths.of(exp), "predict")
+    stores = digest_after(done_runs(RunPaths.of(exp), "predict"))  # encoded once, not per region
     settings = {k: v for k, v in exp.to_dict()["merge"].items() if k != "part_px"}
     threshold = threshold_identity(exp)
-    return lambda region: digest(stores, exp.regions.get(region), threshold, settings)
+    return lambda region: stores(exp.regions.get(region), threshold, settings)
 
 
 STAGE = Stage(
@@ -137,7 +137,7 @@ def part_outputs(exp: Experiment, unit: str) -> list[str]:
 
 def parts_made_from(exp: Experiment) -> Callable[[str], str]:
     """Band -> its region's digest and ``merge.part_px`` (which says where the band lies)."""
-    by_region = merged_made_from(exp)
+    by_region = functools.lru_cache(maxsize=None)(merged_made_from(exp))
     return lambda unit: digest(by_region(parse_part_unit(unit)[0]), exp.merge.part_px)
 
 
