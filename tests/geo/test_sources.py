@@ -348,3 +348,21 @@ def test_float_input_with_nan_reads_alike_as_kea_and_geotiff(tmp_path, model_dir
         valid = reads[0][1]
         assert not valid[12:39, 22:69].any() and valid[45:85, 5:115].all()
         assert not np.isnan(reads[0][0][:, valid]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("nodata", [0, 2, float("nan")])
+def test_valid_mask_band_by_band_is_the_rule(dtype, nodata):
+    from deepseg.geo.sources import _valid_mask
+
+    data = np.random.default_rng(1).integers(0, 3, (4, 50, 60)).astype(dtype)
+    if data.dtype.kind == "f":
+        data[1, ::7, ::5] = np.nan
+    # the rule: valid where any band differs from nodata and none is NaN
+    rule = ~np.isnan(data.astype(np.float64)).any(axis=0)
+    if not np.isnan(nodata):
+        rule &= (data != np.asarray(nodata, dtype=data.dtype)).any(axis=0)
+    mask = _valid_mask(data, nodata)
+    assert mask.shape == (50, 60) and np.array_equal(mask, rule) and mask.any()
+    if data.dtype.kind == "f" or not np.isnan(nodata):  # integers cannot be NaN
+        assert not mask.all()
