@@ -79,15 +79,16 @@ class Journal:
         self.worker = worker_name()
         self.path = paths.logs / "manifest" / stage / f"{self.worker}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        who = {"run": run_id, "worker": self.worker, "host": socket.gethostname()}
-        self._header: str | None = header_line(**who, **slurm_ids())
+        self._who = {"run": run_id, "worker": self.worker, "host": socket.gethostname()}
+        self._headed = False
         self._published = time.monotonic()
 
     def record(self, unit: str, status: Status, **fields: Any) -> None:
-        """Append one record and make it durable before returning."""
+        """Append one record and make it durable before returning (after a header, first,
+        or when the file was removed meanwhile)."""
         line = record_line(unit, status, **fields)
-        if self._header is not None:
-            line, self._header = self._header + line, None
+        if not self._headed or not self.path.exists():
+            line, self._headed = header_line(**self._who, **slurm_ids()) + line, True
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()

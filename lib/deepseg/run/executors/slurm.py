@@ -145,8 +145,7 @@ def wait_for(
     first = {u for _, task in jobs for u in task}
     while True:
         running = [job for job, _ in jobs if not job.done()]
-        states = fold(paths, stage.name)
-        done = sum(1 for u in first if u in states and states[u].status == "done")
+        done = _done_count(paths, stage.name, first)
         elapsed = time.monotonic() - start
         eta = elapsed / done * (total - done) if done else float("nan")
         log.info(
@@ -161,6 +160,13 @@ def wait_for(
         if not running:
             return
         time.sleep(exp.cluster.slurm.poll_s)
+
+
+def _done_count(paths: RunPaths, stage: str, units: set[str]) -> int:
+    """How many of ``units`` are done (the fold is not kept past the call: the next poll's
+    would otherwise be made while this one is still held, two in memory)."""
+    states = fold(paths, stage)
+    return sum(1 for u in units if u in states and states[u].status == "done")
 
 
 def report_tasks(stage: Stage, jobs: list[tuple[submitit.Job, list[str]]]) -> None:
