@@ -141,3 +141,33 @@ def test_merge_refuses_a_map_of_two_models_until_predict_has_redone_every_chunk(
         merge(exp)
     predict(exp)  # the rest
     assert merge(exp)["done"] == 1
+
+
+def test_a_chunk_killed_or_failed_while_redone_is_not_kept_with_its_old_store(tmp_path):
+    from deepseg.run.journal import Journal
+    from deepseg.run.manifest import fold
+    from deepseg.stages.predict import predictions_made_from
+
+    first = write_model(tmp_path / "first")
+    second = write_model(tmp_path / "second", threshold=0.5, mean=[90.0, 110.0, 120.0])
+    run_all(write_experiment(tmp_path, [scene(tmp_path)], first))
+    exp = load_experiment(write_experiment(tmp_path, [scene(tmp_path)], second))
+    paths = RunPaths.of(exp)
+    chunks = sorted(fold(paths, "predict"))
+    killed, failing = chunks[0], chunks[-1]
+    old = {c: paths.prob_store(c).read_bytes() for c in (killed, failing)}
+    # a worker killed while redoing ``killed``: its start is recorded, its old store in place
+    Journal(paths, "predict", "killed-run").record(killed, "running")
+    tiles = paths.tile_store(failing)
+    saved = tiles.read_bytes()
+    tiles.write_bytes(b"not a store")  # redoing ``failing`` fails, its old store stays
+    with pytest.raises(DeepSegError, match=r"1 unit\(s\) failed"):
+        predict(exp)
+    assert fold(paths, "predict")[failing].status == "failed"
+    tiles.write_bytes(saved)
+    predict(exp)  # neither is taken for done because its (old) store is on disk
+    states, current = fold(paths, "predict"), predictions_made_from(exp)
+    for chunk in (killed, failing):
+        assert states[chunk].status == "done" and states[chunk].made_from == current(chunk)
+        assert paths.prob_store(chunk).read_bytes() != old[chunk], chunk
+    assert merge(exp)["done"] == 1

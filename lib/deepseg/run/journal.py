@@ -9,7 +9,7 @@ writes the records after it, ``{"run", "worker", "host", "slurm_job", "slurm_arr
 renamed into place; ``outputs`` lists them, relative to ``output.path``; ``counts`` are summed
 in the run log; ``info`` holds facts later stages read, e.g. a probability store's valid box;
 ``made_from`` a digest of the inputs and settings it was made from) or ``failed`` (``error``
-holds the text). A process that opens a second journal on one file (another run) writes a
+holds the text, ``made_from`` what the outputs it left in place were made from). A process that opens a second journal on one file (another run) writes a
 second header. Who is written once per header, not per record: a 10^6-unit stage is read by
 one driver, and every repeated field is parsed 10^6 times. Records of journals written before
 headers existed name who themselves (``journal_records`` reads both). Times are UTC ISO 8601.

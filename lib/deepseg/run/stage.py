@@ -87,8 +87,11 @@ def made_from(stage: Stage, exp: Experiment) -> Callable[[str], str | None]:
 
 
 def is_stale(state: UnitState | None, current: str | None) -> bool:
-    """Whether a done unit was made from other inputs or settings than ``current``."""
-    if state is None or state.status != "done" or None in (current, state.made_from):
+    """Whether a unit's outputs on disk were made from other inputs or settings than
+    ``current``. Its latest done record says what they were made from; a failed record
+    carries on what the failed attempt left in place, and an attempt interrupted while
+    redoing a stale unit may have left the old outputs: it is stale too."""
+    if state is None or None in (current, state.made_from):
         return False
     return state.made_from != current
 

@@ -38,6 +38,9 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         journal.close()
         return 0
     sweep_dead_partials({(paths.root / p).parent for u in todo for p in stage.expected(exp, u)})
+    states = fold(paths, stage.name)  # what a failed unit keeps on disk was made from this:
+    kept = {u: states[u].made_from for u in todo if u in states}
+    del states
     worker = stage.worker(exp)
     failed = succeeded = 0
     stream = events(worker, todo)
@@ -57,7 +60,9 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
                 )
                 continue
             failed += 1
-            journal.record(unit, "failed", error=brief(payload, named=True))
+            journal.record(
+                unit, "failed", error=brief(payload, named=True), made_from=kept.get(unit)
+            )
             log.error("%s: unit %s failed: %s", stage.name, unit, brief(payload, named=True))
             log.debug("%s", "".join(traceback.format_exception(payload)))
             if not succeeded and failed >= SYSTEMATIC_FAILURES:

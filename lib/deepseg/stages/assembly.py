@@ -203,4 +203,5 @@ def _stale_predictions(exp: Experiment, predicted: dict, units: list[str]) -> li
     except (DeepSegError, OSError) as exc:
         log.warning("cannot tell whether the stores are of today's model and settings: %s", exc)
         return []
-    return [u for u in units if is_stale(predicted.get(u), current(u))]
+    done = [u for u in units if getattr(predicted.get(u), "status", None) == "done"]
+    return [u for u in done if is_stale(predicted[u], current(u))]
