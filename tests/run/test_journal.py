@@ -43,3 +43,17 @@ def test_records_name_the_run_of_their_header(tmp_path):
     states = _fold_journals([journal.path])
     assert (states["c1"].run, states["c1"].attempts, states["c2"].run) == ("run-b", 2, "run-b")
     assert states["c1"].slurm_job is None and states["c1"].status == "done"
+
+
+def test_a_header_after_a_torn_line_starts_its_own_line(tmp_path):
+    paths = RunPaths(tmp_path)
+    killed = Journal(paths, "predict", "run-a")
+    killed.record("c1", "running")
+    with open(killed.path, "a") as fh:
+        fh.write('{"unit": "c1", "sta')  # killed while writing; its name is reused later
+    again = Journal(paths, "predict", "run-b")
+    again.record("c2", "running")
+    assert [(r["run"], r["unit"]) for r in journal_records(again.path)] == [
+        ("run-a", "c1"),
+        ("run-b", "c2"),
+    ]

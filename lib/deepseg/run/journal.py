@@ -9,10 +9,11 @@ writes the records after it, ``{"run", "worker", "host", "slurm_job", "slurm_arr
 renamed into place; ``outputs`` lists them, relative to ``output.path``; ``counts`` are summed
 in the run log; ``info`` holds facts later stages read, e.g. a probability store's valid box;
 ``made_from`` a digest of the inputs and settings it was made from) or ``failed`` (``error``
-holds the text, ``made_from`` what the outputs it left in place were made from). A process that opens a second journal on one file (another run) writes a
-second header. Who is written once per header, not per record: a 10^6-unit stage is read by
-one driver, and every repeated field is parsed 10^6 times. Records of journals written before
-headers existed name who themselves (``journal_records`` reads both). Times are UTC ISO 8601.
+holds the text, ``made_from`` what the outputs it left in place were made from). A process
+that opens a second journal on one file (another run) writes a second header. Who is written
+once per header, not per record: a 10^6-unit stage is read by one driver, and every repeated
+field is parsed 10^6 times. Records of journals written before headers existed name who
+themselves (``journal_records`` reads both). Times are UTC ISO 8601.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class Journal:
         line = record_line(unit, status, **fields)
         if not self._headed or not self.path.exists():
             line, self._headed = header_line(**self._who, **slurm_ids()) + line, True
+            if _ends_torn(self.path):  # an earlier writer of this name was killed mid-line
+                line = "\n" + line  # so the header is not glued to its fragment
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
@@ -101,6 +104,16 @@ class Journal:
         if self.path.exists():
             publish(self.path)
         self._published = time.monotonic()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file ends in a line without its newline."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:  # absent or empty
+        return False
 
 
 def read_journal(path: Path) -> list[tuple[Who | None, list[dict[str, Any]]]]:
