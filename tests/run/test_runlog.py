@@ -14,8 +14,9 @@ import rasterio
 from conftest import reference_probability, write_experiment
 from deepseg.config import load_experiment
 from deepseg.geo.grid import TileGrid
+from deepseg.run.journal import Journal
 from deepseg.run.manifest import fold
-from deepseg.run.runlog import SPEC_FIELDS
+from deepseg.run.runlog import SPEC_FIELDS, totals
 from deepseg.stages.merge import merge
 from deepseg.stages.predict import predict
 from deepseg.stages.tiles import create_tiles
@@ -97,6 +98,13 @@ def test_every_spec_field_is_recorded_and_counts_all_done_units(tmp_path, model_
     assert (entry["units"], entry["skipped"], entry["done"], entry["failed"]) == (1, 1, 1, 0)
     assert entry["seconds_total"] == pytest.approx(before + entry["seconds"], abs=2e-3)
     assert (paths.logs / "experiment.yaml").is_file()
+    assert log["n_chunks_counts_unknown"] == 0
+    chunk = next(u for u, s in sorted(fold(paths, "predict").items()) if s.counts["tiles"])
+    # found complete on disk by a later worker:
+    Journal(paths, "predict", "later").record(chunk, "done", outputs=[], recovered=True)
+    recovered = totals(paths)  # its tiles are not counted, and the totals say so
+    assert recovered["n_chunks_counts_unknown"] == 1
+    assert 0 < recovered["n_tiles_processed"] < with_data
 
 
 def test_a_tile_list_counts_only_listed_tiles_as_skipped(tmp_path, model_dir):

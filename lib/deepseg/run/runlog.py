@@ -12,6 +12,8 @@ invocation:
   ``n_tiles_skipped_no_data`` over the done create_tiles units (tiles over an input without
   a valid pixel). A unit recorded as recovered (found complete on disk, its worker killed
   before recording it) has no counts and adds none; ``check`` still reads its store's tiles.
+- ``n_chunks_counts_unknown``: done predict units without counts (recovered), which the tile
+  totals above leave out.
 - ``gpu_type``: the devices predict's units ran on (``torch.cuda.get_device_name`` or
   "cpu"; several joined by ", " when Slurm tasks got different GPUs).
 - ``inference_date``: when the last probability store was written (UTC, ISO 8601).
@@ -146,6 +148,7 @@ def totals(paths: RunPaths) -> dict[str, Any]:
             int(s.counts.get("tiles_with_detection", 0)) for s in predicted
         ),
         "n_tiles_skipped_no_data": sum(int(s.counts.get("tiles_no_data", 0)) for s in staged),
+        "n_chunks_counts_unknown": sum(1 for s in predicted if "tiles" not in s.counts),
         "gpu_type": ", ".join(devices) or None,
         "inference_date": _iso_seconds(max(written)) if written else None,
         "batch_size_used": min(sizes) if sizes else None,
