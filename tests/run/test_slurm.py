@@ -138,6 +138,8 @@ def check_golden_job_script(run: Path, folder: Path) -> None:
         GOLDEN.write_text(script)
     assert script == GOLDEN.read_text()
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --comment=deepseg-golden" in script
+    # the logs' folder exists before sbatch: a task that starts at once can open its log
+    assert "%A_%a/" not in script and "%j/" not in script
 
 
 class Slow(torch.nn.Module):

@@ -113,8 +113,12 @@ def make_executor(folder: Path, params: dict[str, Any]) -> submitit.SlurmExecuto
 def submit_arrays(
     stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force: bool
 ) -> list[tuple[submitit.Job, list[str]]]:
-    """Submit every array; returns each task's job and its units."""
-    folder = RunPaths.of(exp).logs / "slurm" / stage.name / "%j"
+    """Submit every array; returns each task's job and its units. The tasks' logs and
+    pickles go to one folder that exists before ``sbatch`` runs: in a ``%j`` folder (made by
+    submitit once sbatch has returned) a task that starts at once cannot open its log and
+    fails without output (seen on an idle cluster)."""
+    folder = RunPaths.of(exp).logs / "slurm" / stage.name
+    folder.mkdir(parents=True, exist_ok=True)
     submitted: list[tuple[submitit.Job, list[str]]] = []
     previous: str | None = None
     for tasks in split_units(units, exp.cluster.slurm):
