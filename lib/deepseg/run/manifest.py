@@ -81,8 +81,7 @@ def _fold_part(records: list[dict], who: Who | None, states: dict, shared: dict)
     times = list(map(operator.itemgetter("time"), records))
     if times != sorted(times):  # a clock stepped back: sort (stable, ties keep their order)
         records = sorted(records, key=operator.itemgetter("time"))
-    statuses = list(map(operator.itemgetter("status"), records))
-    is_start = [s == "running" for s in statuses]
+    is_start = [r["status"] == "running" for r in records]
     unit_of = operator.itemgetter("unit")
     last = dict(zip(map(unit_of, records), records, strict=True))
     ends = list(compress(records, [not s for s in is_start]))

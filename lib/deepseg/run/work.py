@@ -30,6 +30,7 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
     journal = Journal(paths, stage.name, run_id)
     current = made_from(stage, exp)
     todo = pending_units(stage, exp, units, run_id, force, current)
+    kept = _kept_made_from(fold(paths, stage.name), todo)  # before this worker records anything
     # a requeued task may find a unit its first run finished but was stopped before recording
     waiting = set(todo)
     done = [u for u in units if u not in waiting]
@@ -38,9 +39,6 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         journal.close()
         return 0
     sweep_dead_partials({(paths.root / p).parent for u in todo for p in stage.expected(exp, u)})
-    states = fold(paths, stage.name)  # what a failed unit keeps on disk was made from this:
-    kept = {u: states[u].made_from for u in todo if u in states}
-    del states
     worker = stage.worker(exp)
     failed = succeeded = 0
     stream = events(worker, todo)
@@ -74,6 +72,12 @@ def work(stage: Stage, exp: Experiment, units: Sequence[str], run_id: str, force
         stream.close()  # a pipelining worker stops its background I/O
         journal.close()
     return failed
+
+
+def _kept_made_from(states: dict, todo: Sequence[str]) -> dict[str, str | None]:
+    """Unit -> what its outputs on disk were made from, which a failed attempt leaves in
+    place (its failed record carries it on; see ``stage.is_stale``)."""
+    return {u: states[u].made_from for u in todo if u in states}
 
 
 def _journal_starts(stream: Iterator[Event], journal: Journal) -> Iterator[Event]:
